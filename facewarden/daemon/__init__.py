@@ -1,0 +1,1 @@
+"""The daemon: CLI, sources, routing, queues, workers, HTTP app, lifecycle."""

@@ -1,0 +1,1 @@
+"""Durable job queues: embedded SQLite (default) and RabbitMQ (scale-out)."""

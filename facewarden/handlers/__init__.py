@@ -1,0 +1,1 @@
+"""Handlers: pure functions from a decoded image and params to outputs and facts."""

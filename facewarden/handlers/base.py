@@ -1,0 +1,99 @@
+"""The Handler seam and the handler registry.
+
+A handler does no I/O: it receives an already-decoded, EXIF-oriented image and validated
+params, and returns encoded outputs plus facts for the audit record. It raises
+``InputRejected`` (permanent, with a reason code) or ``ProcessingFailed`` (retryable);
+it never writes anything itself, which is what lets the worker fail closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from facewarden.errors import InputRejected
+from facewarden.handlers.imageio import DecodedImage
+from facewarden.models.protocols import ModelId
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One result file. ``suffix`` is appended to the input's key stem ('' = same name)."""
+
+    data: bytes
+    extension: str  # with dot, e.g. ".jpg", ".json"
+    content_type: str
+    suffix: str = ""
+
+
+@dataclass(slots=True)
+class HandlerResult:
+    outputs: list[Output]
+    #: Facts for the audit record, e.g. {"faces": 3}. Never embeddings or face pixels.
+    facts: dict[str, Any] = field(default_factory=dict)
+    models: list[ModelId] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    """What a handler may know about its environment: where verified models live, and
+    (for handlers that need it) a read-only view supplied by the worker, e.g. the gallery."""
+
+    models_dir: Path
+    services: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Handler(Protocol):
+    name: str
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Normalises params (types, defaults) or raises ``InputRejected('params.invalid')``.
+
+        The normalised dict is what goes into the idempotency key, so equal meaning gives
+        equal keys.
+        """
+        ...
+
+    def warm_up(self, ctx: HandlerContext, params: Mapping[str, Any]) -> None:
+        """Loads models for these params; called once per worker process before work."""
+        ...
+
+    def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
+        ...
+
+
+_FACTORIES: dict[str, Callable[[], Handler]] = {}
+_INSTANCES: dict[str, Handler] = {}
+
+
+def register(name: str, factory: Callable[[], Handler]) -> None:
+    _FACTORIES[name] = factory
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return sorted(_FACTORIES)
+
+
+def get(name: str) -> Handler:
+    """One instance per process, so models a handler caches load once per worker."""
+    _load_builtin()
+    if name not in _FACTORIES:
+        raise InputRejected("handler.unknown", f"no handler named {name!r}; known: {', '.join(sorted(_FACTORIES))}")
+    if name not in _INSTANCES:
+        _INSTANCES[name] = _FACTORIES[name]()
+    return _INSTANCES[name]
+
+
+def _load_builtin() -> None:
+    # Imported lazily so that `facewarden --help` does not load model runtimes.
+    import importlib
+
+    for module in ("anonymize", "idphoto", "enroll"):
+        try:
+            importlib.import_module(f"facewarden.handlers.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"facewarden.handlers.{module}":
+                raise

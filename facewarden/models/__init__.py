@@ -1,0 +1,1 @@
+"""Model registry, installation and thin model wrappers (detectors, segmenters, embedders)."""

