@@ -34,6 +34,9 @@ class HandlerResult:
     #: Facts for the audit record, e.g. {"faces": 3}. Never embeddings or face pixels.
     facts: dict[str, Any] = field(default_factory=dict)
     models: list[ModelId] = field(default_factory=list)
+    #: Data for the handler's own ``commit`` step (e.g. embeddings to add to the gallery).
+    #: The worker never logs it and never puts it in an audit record.
+    private: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,15 @@ class Handler(Protocol):
 
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         ...
+
+
+class CommittingHandler(Handler, Protocol):
+    """A handler whose result changes local state beyond output files (enroll adds to the
+    gallery). The worker calls ``commit`` after the outputs are durable and before the
+    audit record is appended; it must be idempotent (a retried job commits again)."""
+
+    def commit(self, result: HandlerResult, params: Mapping[str, Any], ctx: HandlerContext,
+               *, input_sha256: str, input_key: str) -> None: ...
 
 
 _FACTORIES: dict[str, Callable[[], Handler]] = {}
