@@ -1,0 +1,202 @@
+"""The settings schema. Every option is documented in config/facewarden.example.toml.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and every
+cross-reference (a route naming a store or source) is checked here, at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_IGNORE = ["*.part", "*.tmp", "*.crdownload", "~$*", ".*", "@eaDir", "#recycle",
+                  "Thumbs.db", "desktop.ini", ".DS_Store", "*.audit.json"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalStoreConfig(_Strict):
+    type: Literal["local"] = "local"
+    root: Path
+    #: fsync files and their directory on every write (durability across power loss).
+    fsync: bool = True
+
+
+class S3StoreConfig(_Strict):
+    type: Literal["s3"]
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    #: Named profile from ~/.aws; otherwise the standard chain (env, instance role).
+    profile: str | None = None
+    #: Server-side encryption: "AES256" or "aws:kms" (then kms_key_id).
+    sse: Literal["AES256", "aws:kms"] | None = None
+    kms_key_id: str | None = None
+    #: Name of the quarantine prefix used when this store is an input.
+    quarantine_prefix: str = "quarantine/"
+
+
+StoreConfig = Annotated[LocalStoreConfig | S3StoreConfig, Field(discriminator="type")]
+
+
+class FolderSourceConfig(_Strict):
+    type: Literal["folder"] = "folder"
+    name: str = "incoming"
+    store: str = "incoming"
+    #: auto: inotify for local disks, polling for network mounts (cifs/smb3/nfs in /proc/mounts).
+    mode: Literal["auto", "inotify", "poll"] = "auto"
+    poll_interval: float = Field(2.0, gt=0)
+    #: A file counts as arrived once its size and mtime have not changed for this long.
+    #: A close-after-write event shortens the wait to `close_delay`.
+    stability_delay: float = Field(2.0, ge=0)
+    close_delay: float = Field(0.05, ge=0)
+    #: Full rescans catch anything the event stream missed.
+    rescan_interval: float = Field(60.0, gt=0)
+    recursive: bool = True
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+
+
+class GenericSourceConfig(BaseModel):
+    """Sources added by other modules (S3 notifications, AMQP jobs, webhooks) validate
+    their own options; the schema only requires a type and a name."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+    name: str
+
+
+class RouteConfig(_Strict):
+    #: Name of the source this route listens to.
+    source: str
+    #: Glob on the object key (fnmatch, '*' crosses '/'); first matching route wins.
+    match: str = "*"
+    handler: str = "anonymize"
+    params: dict[str, Any] = Field(default_factory=dict)
+    target: str = "outgoing"
+    #: Prefix under which results are written in the target store.
+    prefix: str = ""
+    #: Leading part of the input key to drop before adding `prefix` (e.g. "idphoto/blue/").
+    strip_prefix: str = ""
+    #: What happens to the original after its result and audit record are durable.
+    originals: Literal["keep", "move", "delete"] = "keep"
+    #: Where `move` puts originals: a store name ("processed" = STATE/processed by default).
+    processed_store: str = "processed"
+    processed_prefix: str = ""
+    #: Where inputs that produced no result go, with their audit record.
+    quarantine_store: str = "quarantine"
+
+
+class RabbitMQConfig(_Strict):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    queue: str = "facewarden.jobs"
+    exchange: str = "facewarden"
+    dead_letter_exchange: str = "facewarden.dlx"
+    results_exchange: str = "facewarden.results"
+    prefetch: int = Field(1, ge=1)
+    delivery_limit: int = Field(5, ge=1)
+    heartbeat: int = Field(30, ge=0)
+
+
+class QueueConfig(_Strict):
+    backend: Literal["sqlite", "rabbitmq"] = "sqlite"
+    rabbitmq: RabbitMQConfig = RabbitMQConfig()
+
+
+class WorkersConfig(_Strict):
+    #: Worker processes; 0 = one per CPU core.
+    count: int = Field(0, ge=0)
+    #: A job running longer than this is killed, retried, and finally quarantined.
+    job_timeout: float = Field(120.0, gt=0)
+    #: Deliveries per job before it is quarantined (covers crashing workers too).
+    max_attempts: int = Field(3, ge=1)
+    backoff_base: float = Field(1.0, gt=0)
+    backoff_max: float = Field(300.0, gt=0)
+
+    def resolved_count(self) -> int:
+        return self.count or (os.cpu_count() or 1)
+
+
+class LimitsConfig(_Strict):
+    #: Inputs above this many pixels are rejected from the header (decompression bombs).
+    max_pixels: int = Field(100_000_000, gt=0)
+    #: Inputs above this many bytes are rejected before they are read.
+    max_bytes: int = Field(200 * 1024 * 1024, gt=0)
+    min_side: int = Field(16, ge=1)
+
+
+class HttpConfig(_Strict):
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = Field(8088, ge=0, le=65535)
+    max_body_bytes: int = Field(50 * 1024 * 1024, gt=0)
+
+
+class LogConfig(_Strict):
+    #: auto: coloured console on a TTY, JSON lines otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class GalleryConfig(_Strict):
+    #: Key file for encryption of the face gallery at rest; none = unencrypted.
+    key_file: Path | None = None
+    #: How often the daemon purges subjects past their retention date (seconds).
+    purge_interval: float = Field(3600.0, gt=0)
+
+
+class Settings(_Strict):
+    state_dir: Path = Path("var/state")
+    models_dir: Path = Path("var/models")
+    stores: dict[str, StoreConfig] = Field(default_factory=dict)
+    sources: list[Annotated[FolderSourceConfig, Field(discriminator="type")] | GenericSourceConfig] = Field(
+        default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    queue: QueueConfig = QueueConfig()
+    workers: WorkersConfig = WorkersConfig()
+    limits: LimitsConfig = LimitsConfig()
+    http: HttpConfig = HttpConfig()
+    log: LogConfig = LogConfig()
+    gallery: GalleryConfig = GalleryConfig()
+    #: JPEG quality for re-encoded results (handlers may override per route).
+    jpeg_quality: int = Field(92, ge=1, le=100)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _folder_default_type(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [({**v, "type": "folder"} if isinstance(v, dict) and "type" not in v else v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Settings:
+        stores = set(self.all_stores())
+        names = [s.name for s in self.sources]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"sources: duplicate source name(s) {sorted(dupes)}")
+        for i, src in enumerate(self.sources):
+            store = getattr(src, "store", None)
+            if store is not None and store not in stores:
+                raise ValueError(f"sources[{i}].store: no store named {store!r} (known: {sorted(stores)})")
+        for i, route in enumerate(self.routes):
+            if route.source not in names:
+                raise ValueError(f"routes[{i}].source: no source named {route.source!r} (known: {names})")
+            for field in ("target", "processed_store", "quarantine_store"):
+                value = getattr(route, field)
+                if value not in stores:
+                    raise ValueError(f"routes[{i}].{field}: no store named {value!r} (known: {sorted(stores)})")
+        return self
+
+    def all_stores(self) -> dict[str, StoreConfig]:
+        """Configured stores plus the built-in local ones in the state directory."""
+        builtin: dict[str, StoreConfig] = {
+            "quarantine": LocalStoreConfig(root=self.state_dir / "quarantine"),
+            "processed": LocalStoreConfig(root=self.state_dir / "processed"),
+        }
+        return {**builtin, **self.stores}

@@ -1,0 +1,73 @@
+"""Sources notice objects and emit Events; one file per kind of source.
+
+A source module registers a factory for its config ``type``; the daemon builds every
+configured source through ``build_source``. Sources never read pixels.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from facewarden.daemon.jobs import Event
+from facewarden.errors import ConfigError
+
+Emit = Callable[[Event], None]
+
+
+@runtime_checkable
+class Source(Protocol):
+    name: str
+
+    def start(self, emit: Emit) -> None:
+        """Begins watching in background threads; returns at once."""
+        ...
+
+    def stop(self) -> None:
+        """Stops watching; returns when no more events will be emitted."""
+        ...
+
+    def ready(self) -> bool:
+        """Connected and watching (for /readyz)."""
+        ...
+
+
+@dataclass(slots=True)
+class SourceContext:
+    """What a source may use: the named stores, the settings object, and services the
+    daemon shares (e.g. the audit index for reconciliation, the queue for job messages)."""
+
+    stores: dict[str, Any]
+    settings: Any
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+SourceFactory = Callable[[Any, SourceContext], Source]
+_FACTORIES: dict[str, SourceFactory] = {}
+#: Modules that register source types; imported lazily, missing ones are skipped.
+BUILTIN_MODULES = ("folder", "s3_sqs", "s3_amqp", "s3_webhook", "minio_listen", "reconcile",
+                   "amqp_jobs", "dms_webhook")
+
+
+def register_source(type_name: str, factory: SourceFactory) -> None:
+    _FACTORIES[type_name] = factory
+
+
+def _load_builtin() -> None:
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(f"facewarden.daemon.sources.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"facewarden.daemon.sources.{mod}":
+                raise
+
+
+def build_source(cfg: Any, ctx: SourceContext) -> Source:
+    _load_builtin()
+    factory = _FACTORIES.get(cfg.type)
+    if factory is None:
+        raise ConfigError("config.invalid",
+                          f"sources: unknown source type {cfg.type!r} (known: {sorted(_FACTORIES)})")
+    return factory(cfg, ctx)
