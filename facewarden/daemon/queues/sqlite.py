@@ -1,0 +1,147 @@
+"""The embedded durable queue: one SQLite file (WAL, synchronous=FULL) in the state dir.
+
+A job is on disk before ``put`` returns. A leased job belongs to one worker until it is
+acked or given back; leases of workers that died (crash, kill -9, OOM) are given back by
+the supervisor, and all leases are given back at start-up, since the daemon that owns
+this file is the only one that leases from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from facewarden.daemon.jobs import Job
+from facewarden.daemon.queues.base import Lease
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    due REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'ready',
+    owner TEXT,
+    leased_at REAL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, due);
+CREATE TABLE IF NOT EXISTS seen (
+    dedup TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+"""
+
+
+class SqliteQueue:
+    def __init__(self, path: Path | str, *, poll_interval: float = 0.05):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.poll_interval = poll_interval
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._db()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def put(self, job: Job, *, dedup: str | None = None) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            if dedup is not None:
+                cur = conn.execute("INSERT OR IGNORE INTO seen(dedup, at) VALUES (?, ?)", (dedup, now))
+                if cur.rowcount == 0:
+                    return False
+            conn.execute("INSERT OR IGNORE INTO jobs(id, body, due, created) VALUES (?,?,?,?)",
+                         (job.id, job.to_json(), now, now))
+        return True
+
+    def _try_lease(self, worker: str) -> Lease | None:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT id, body, deliveries FROM jobs WHERE state='ready' AND due<=? ORDER BY due LIMIT 1",
+                (now,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET state='leased', owner=?, leased_at=?, deliveries=deliveries+1 "
+                         "WHERE id=?", (worker, now, row[0]))
+        job = Job.from_json(row[1])
+        return Lease(job=job, token=row[0], delivery=row[2] + 1)
+
+    def get(self, worker: str, timeout: float) -> Lease | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            lease = self._try_lease(worker)
+            if lease is not None or time.monotonic() >= deadline:
+                return lease
+            time.sleep(self.poll_interval)
+
+    def ack(self, lease: Lease) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM jobs WHERE id=?", (lease.token,))
+
+    def retry(self, lease: Lease, *, reason: dict[str, str], delay: float) -> None:
+        lease.job.last_error = reason
+        lease.job.attempts = lease.delivery
+        with self._tx() as conn:
+            conn.execute("UPDATE jobs SET state='ready', owner=NULL, leased_at=NULL, due=?, body=? WHERE id=?",
+                         (time.time() + delay, lease.job.to_json(), lease.token))
+
+    def release_owner(self, owner: str, *, reason: dict[str, str], delay: float = 0.0) -> int:
+        """Gives back the jobs of a worker that is gone, noting why in each job."""
+        with self._tx() as conn:
+            rows = conn.execute("SELECT id, body, deliveries FROM jobs WHERE state='leased' AND owner=?",
+                                (owner,)).fetchall()
+            for job_id, body, deliveries in rows:
+                data = json.loads(body)
+                data["last_error"], data["attempts"] = reason, deliveries
+                conn.execute("UPDATE jobs SET state='ready', owner=NULL, leased_at=NULL, due=?, body=? "
+                             "WHERE id=?", (time.time() + delay, json.dumps(data), job_id))
+        return len(rows)
+
+    def release_all(self, *, reason: dict[str, str]) -> int:
+        """At start-up: every lease belongs to a process of a previous run."""
+        owners = [r[0] for r in self._db().execute(
+            "SELECT DISTINCT owner FROM jobs WHERE state='leased'").fetchall()]
+        return sum(self.release_owner(o, reason=reason) for o in owners)
+
+    def leases_older_than(self, seconds: float) -> list[tuple[str, str]]:
+        """(owner, job id) of leases held longer than ``seconds``: jobs that hang."""
+        cutoff = time.time() - seconds
+        return [(r[0], r[1]) for r in self._db().execute(
+            "SELECT owner, id FROM jobs WHERE state='leased' AND leased_at<?", (cutoff,)).fetchall()]
+
+    def depth(self) -> int:
+        return self._db().execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+    def job_state(self, job_id: str) -> str | None:
+        row = self._db().execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
