@@ -40,6 +40,16 @@ class S3StoreConfig(_Strict):
     kms_key_id: str | None = None
     #: Name of the quarantine prefix used when this store is an input.
     quarantine_prefix: str = "quarantine/"
+    #: "path" for MinIO and most S3-compatible servers behind a plain host:port; "auto"
+    #: lets botocore choose (virtual-host style on AWS).
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    #: Seconds to wait for a connection / a response before botocore retries.
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    #: Total attempts per request (botocore "standard" retry mode: throttling, 5xx, resets).
+    max_attempts: int = Field(5, ge=1)
+    #: Verify TLS certificates; a path names a CA bundle (self-hosted MinIO with its own CA).
+    verify: bool | str = True
 
 
 StoreConfig = Annotated[LocalStoreConfig | S3StoreConfig, Field(discriminator="type")]
@@ -90,17 +100,36 @@ class RouteConfig(_Strict):
     processed_prefix: str = ""
     #: Where inputs that produced no result go, with their audit record.
     quarantine_store: str = "quarantine"
+    #: Let an event's hints (e.g. a RabbitMQ job message) choose handler, params and target.
+    allow_overrides: bool = False
 
 
 class RabbitMQConfig(_Strict):
+    """The scale-out queue (see facewarden/daemon/queues/rabbitmq.py and docs/config-amqp.toml)."""
+
     url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: Durable quorum queue holding jobs; retries wait in `<queue>.delay.<ms>` queues.
     queue: str = "facewarden.jobs"
     exchange: str = "facewarden"
     dead_letter_exchange: str = "facewarden.dlx"
+    #: Queue that collects poison jobs (delivery limit hit, undecodable, dead-lettered);
+    #: empty = "<queue>.dead".
+    dead_letter_queue: str = ""
     results_exchange: str = "facewarden.results"
+    #: Publish results (audit summary, output keys) for every job, not only for jobs that
+    #: carry a reply-to or correlation id.
+    publish_results: bool = False
     prefetch: int = Field(1, ge=1)
+    #: Broker-side redeliveries (worker crashed or lost its connection) before the job is
+    #: dead-lettered: catches inputs that kill the worker process.
     delivery_limit: int = Field(5, ge=1)
     heartbeat: int = Field(30, ge=0)
+    #: How long put() keeps trying (reconnecting) before it gives up with an error.
+    publish_timeout: float = Field(60.0, gt=0)
+    #: Upper bound of the exponential reconnect backoff.
+    reconnect_max_delay: float = Field(30.0, gt=0)
+    #: Days a dedup string is remembered (local SQLite in the state dir).
+    dedup_days: float = Field(7.0, gt=0)
 
 
 class QueueConfig(_Strict):

@@ -33,7 +33,10 @@ class Job:
     target_prefix: str = ""
     #: What to do with the input after success: keep | move | delete.
     originals: str = "keep"
-    processed_prefix: str = "processed"
+    processed_store: str = "processed"
+    processed_prefix: str = ""
+    #: Where the input goes, with its audit record, when it produces no result.
+    quarantine_store: str = "quarantine"
     #: Key prefix stripped from the input key before it is placed under target_prefix.
     strip_prefix: str = ""
     id: str = field(default_factory=lambda: uuid.uuid4().hex)

