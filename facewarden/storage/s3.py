@@ -102,6 +102,8 @@ class S3Store:
                 ),
             )
         self.client = client
+        #: Keys per LIST request (S3's maximum is 1000).
+        self.page_size = 1000
 
     # -- keys ---------------------------------------------------------------------------
     def full_key(self, key: str) -> str:
@@ -203,7 +205,8 @@ class S3Store:
                 safe_key(head)
         paginator = self.client.get_paginator("list_objects_v2")
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + sub):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + sub,
+                                          PaginationConfig={"PageSize": self.page_size}):
                 for obj in page.get("Contents", []):
                     bkey = obj["Key"]
                     if bkey.endswith("/"):

@@ -62,6 +62,13 @@ def _as_dict(payload: dict[str, Any] | str | bytes) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def parse_s3_records(payload: dict[str, Any] | str | bytes) -> list[S3Record]:
     """Every object record in a notification, of any event type.
 
@@ -91,7 +98,6 @@ def parse_s3_records(payload: dict[str, Any] | str | bytes) -> list[S3Record]:
         raw_key = obj.get("key")
         if not isinstance(bucket, str) or not isinstance(raw_key, str):
             continue
-        size = obj.get("size")
         out.append(S3Record(
             event_name=str(rec.get("eventName", "")).removeprefix("s3:"),
             bucket=bucket,
@@ -99,7 +105,7 @@ def parse_s3_records(payload: dict[str, Any] | str | bytes) -> list[S3Record]:
             etag=str(obj.get("eTag") or obj.get("etag") or "").strip('"'),
             sequencer=str(obj.get("sequencer") or ""),
             version_id=str(obj.get("versionId") or ""),
-            size=int(size) if isinstance(size, int | float | str) and str(size).isdigit() else None,
+            size=_int_or_none(obj.get("size")),
             event_time=str(rec.get("eventTime", "")),
         ))
     if not out and isinstance(doc.get("EventName"), str) and isinstance(doc.get("Key"), str):
@@ -135,7 +141,8 @@ class BucketMap:
     def __init__(self, watched: Iterable[tuple[str, str, str]]):
         self._by_bucket: dict[str, list[_Watched]] = {}
         for store, bucket, prefix in watched:
-            self._by_bucket.setdefault(bucket, []).append(_Watched(store, bucket, prefix.strip("/")))
+            entry = _Watched(store, bucket, prefix.strip("/"))
+            self._by_bucket.setdefault(bucket, []).append(entry)
         for entries in self._by_bucket.values():
             entries.sort(key=lambda w: len(w.prefix), reverse=True)
 
@@ -289,7 +296,8 @@ def parse_options(model: type[M], cfg: Any) -> M:
         raise ConfigError("config.invalid", "; ".join(lines)) from None
 
 
-def check_stores(opts_stores: list[str] | None, ctx_stores: dict[str, Any], source: str) -> BucketMap:
+def check_stores(opts_stores: list[str] | None, ctx_stores: dict[str, Any],
+                 source: str) -> BucketMap:
     """The bucket map for an S3 event source; fails at start-up on a wrong store name."""
     if opts_stores is not None:
         for s in opts_stores:
