@@ -13,6 +13,7 @@ from facewarden.daemon.sources.s3_events import (
     BucketMap,
     RecentEvents,
     SourceOptions,
+    emit_all,
     normalize_s3_notification,
     parse_options,
 )
@@ -66,8 +67,8 @@ def test_multipart_put_and_complete_share_one_identity() -> None:
     assert len(a) == len(b) == len(c) == 1
     assert (a[0].store, a[0].key, a[0].version) == (b[0].store, b[0].key, b[0].version) \
         == (c[0].store, c[0].key, c[0].version)
-    recent = RecentEvents()
-    assert [recent.first_time(e) for e in (a[0], b[0], c[0])] == [True, False, False]
+    recent, emitted = RecentEvents(), []
+    assert emit_all(a + b + c, emitted.append, recent) == 1 and emitted == a
     # both records in one message give one event
     both = {"Records": load_event("aws_multipart_put.json")["Records"]
             + load_event("aws_multipart_complete.json")["Records"]}
@@ -124,3 +125,16 @@ def test_option_errors_name_the_source_and_key() -> None:
     cfg = GenericSourceConfig(type="x", name="mine", interval=1, typo=2)
     with pytest.raises(ConfigError, match=r"sources\[mine\]\.typo"):
         parse_options(Opts, cfg)
+
+
+def test_a_failed_emit_is_not_remembered() -> None:
+    [ev] = norm("aws_put_spaces_plus.json")
+    recent = RecentEvents()
+
+    def broken(_e: Event) -> None:
+        raise RuntimeError("queue down")
+
+    with pytest.raises(RuntimeError):
+        emit_all([ev], broken, recent)
+    got: list[Event] = []
+    assert emit_all([ev], got.append, recent) == 1 and got == [ev]

@@ -240,20 +240,36 @@ class RecentEvents:
         self._items: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def first_time(self, ev: Event) -> bool:
+    def seen(self, ev: Event) -> bool:
         if not ev.version:
-            return True
-        ident = (ev.store, ev.key, ev.version)
-        now = time.monotonic()
+            return False
         with self._lock:
-            seen = self._items.get(ident)
-            if seen is not None and now - seen < self._ttl:
-                return False
-            self._items[ident] = now
+            at = self._items.get((ev.store, ev.key, ev.version))
+            return at is not None and time.monotonic() - at < self._ttl
+
+    def add(self, ev: Event) -> None:
+        """Called only after emit returned, so a failed emit is retried, not forgotten."""
+        if not ev.version:
+            return
+        ident = (ev.store, ev.key, ev.version)
+        with self._lock:
+            self._items[ident] = time.monotonic()
             self._items.move_to_end(ident)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
-            return True
+
+
+def emit_all(events: list[Event], emit: Any, recent: RecentEvents) -> int:
+    """Emits each event not recently emitted; raises whatever emit raises. Returns count."""
+    n = 0
+    for ev in events:
+        if recent.seen(ev):
+            log.debug("s3_event.repeat", source=ev.source, store=ev.store)
+            continue
+        emit(ev)
+        recent.add(ev)
+        n += 1
+    return n
 
 
 class Backoff:
@@ -296,20 +312,14 @@ def parse_options(model: type[M], cfg: Any) -> M:
         raise ConfigError("config.invalid", "; ".join(lines)) from None
 
 
-def check_stores(opts_stores: list[str] | None, ctx_stores: dict[str, Any],
-                 source: str) -> BucketMap:
+def check_stores(names: list[str], ctx_stores: dict[str, Any], source: str) -> BucketMap:
     """The bucket map for an S3 event source; fails at start-up on a wrong store name."""
-    if opts_stores is not None:
-        for s in opts_stores:
-            if s not in ctx_stores:
-                raise ConfigError("config.invalid",
-                                  f"sources[{source}].stores: no store named {s!r} "
-                                  f"(known: {sorted(ctx_stores)})")
-            if not isinstance(getattr(ctx_stores[s], "bucket", None), str):
-                raise ConfigError("config.invalid",
-                                  f"sources[{source}].stores: store {s!r} is not an S3 store")
-    bm = BucketMap.from_stores(ctx_stores, opts_stores)
-    if not bm:
-        raise ConfigError("config.invalid",
-                          f"sources[{source}]: no S3 store is configured for its events")
-    return bm
+    for s in names:
+        if s not in ctx_stores:
+            raise ConfigError("config.invalid",
+                              f"sources[{source}].stores: no store named {s!r} "
+                              f"(known: {sorted(ctx_stores)})")
+        if not isinstance(getattr(ctx_stores[s], "bucket", None), str):
+            raise ConfigError("config.invalid",
+                              f"sources[{source}].stores: store {s!r} is not an S3 store")
+    return BucketMap.from_stores(ctx_stores, names)
