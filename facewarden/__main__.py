@@ -1,0 +1,3 @@
+from facewarden.daemon.cli import main
+
+main()
