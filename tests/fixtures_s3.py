@@ -10,19 +10,19 @@ bucket names such as ``raw-images``.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import time
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 import pytest
 
 from facewarden.config.schema import S3StoreConfig
+from facewarden.daemon.jobs import Event
 from facewarden.storage.s3 import S3Store
 
 EVENTS_DIR = Path(__file__).resolve().parent / "data" / "s3_events"
@@ -102,29 +102,49 @@ def wire_bucket_to_sqs(s3: Any, sqs: Any, bucket: str, queue: str = "s3-events")
     return SqsWiring(url, arn)
 
 
-# -- RabbitMQ (used only when tests/fixtures_rabbit.py offers nothing better) -------------
-RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+def minio_notification(bucket: str, key: str, etag: str, size: int,
+                       event: str = "s3:ObjectCreated:Put") -> dict[str, Any]:
+    """The body MinIO's AMQP and webhook targets send (and one record of its listen
+    stream), per MinIO's documentation: wrapper + Records, key URL-encoded (QueryEscape)."""
+    return {
+        "EventName": event,
+        "Key": f"{bucket}/{key}",
+        "Records": [{
+            "eventVersion": "2.0", "eventSource": "minio:s3", "awsRegion": "",
+            "eventTime": "2026-11-21T05:00:00.000Z", "eventName": event,
+            "userIdentity": {"principalId": "minioadmin"},
+            "requestParameters": {"principalId": "minioadmin", "region": "",
+                                  "sourceIPAddress": "127.0.0.1"},
+            "responseElements": {"x-amz-request-id": "1798E6F0E1A3A4F1"},
+            "s3": {"s3SchemaVersion": "1.0", "configurationId": "Config",
+                   "bucket": {"name": bucket, "ownerIdentity": {"principalId": "minioadmin"},
+                              "arn": f"arn:aws:s3:::{bucket}"},
+                   "object": {"key": quote_plus(key), "size": size, "eTag": etag,
+                              "contentType": "image/jpeg", "sequencer": "1798E6F0E2B9C7D2"}},
+            "source": {"host": "127.0.0.1", "port": "", "userAgent": "MinIO (linux; amd64)"},
+        }],
+    }
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+class Collector:
+    """An ``emit`` for tests: records events, can be told to fail, and can be waited on."""
 
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.fail_next = 0
+        self._cond = threading.Condition()
 
-@pytest.fixture(scope="session")
-def rabbit_url() -> str:
-    """RabbitMQ on 127.0.0.1:5672, started (``rabbitmq-server -detached``) when it is down.
+    def __call__(self, ev: Event) -> str:
+        with self._cond:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise RuntimeError("queue unavailable (test)")
+            self.events.append(ev)
+            self._cond.notify_all()
+            return "job"
 
-    Fails, never skips: tests marked ``rabbitmq`` must run in CI.
-    """
-    if not _port_open("127.0.0.1", 5672):
-        subprocess.run(["rabbitmq-server", "-detached"], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while not _port_open("127.0.0.1", 5672):
-            if time.monotonic() > deadline:
-                pytest.fail("RabbitMQ did not come up on 127.0.0.1:5672")
-            time.sleep(0.5)
-        time.sleep(2)  # the port opens slightly before the broker accepts logins
-    return RABBIT_URL
+    def wait(self, n: int, timeout: float = 15.0) -> list[Event]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.events) >= n, timeout=timeout):
+                raise AssertionError(f"expected {n} events within {timeout}s, got {self.events}")
+            return list(self.events)

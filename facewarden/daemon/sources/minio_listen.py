@@ -10,6 +10,8 @@ thread per watched bucket; a broken or silent stream (no keep-alive within
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -106,11 +108,13 @@ class ListenSource:
         self._stop.set()
         with self._lock:
             streams = list(self._streams.values())
-        for it in streams:  # unblocks a reader waiting on the socket
-            try:
-                it._close_response()
-            except Exception:
-                log.debug("source.listen_close_failed", source=self.name)
+        for it in streams:
+            # close() alone does not wake a thread blocked in recv(); shutdown() does.
+            resp = getattr(it, "_response", None)
+            sock = getattr(getattr(resp, "_connection", None), "sock", None)
+            with contextlib.suppress(Exception):
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
         for t in self._threads:
             t.join(timeout=10)
 

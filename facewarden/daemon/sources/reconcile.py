@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import threading
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -55,6 +56,7 @@ class ReconcileSource:
         self.last_pass: dict[str, int] = {}
         self.passes = 0
         self._pass_done = threading.Condition()
+        self._local = threading.local()
 
     def start(self, emit: Emit) -> None:
         self._stop.clear()
@@ -80,7 +82,23 @@ class ReconcileSource:
             return True
         return any(fnmatch.fnmatchcase(key, pat) for pat in self.opts.ignore)
 
+    def _audit_here(self) -> Any:
+        """The audit index for the calling thread.
+
+        AuditLog keeps one SQLite connection per process, and sqlite3 refuses to use a
+        connection from a thread other than its creator's; this thread opens its own
+        (read-only use, WAL mode: cheap and safe). Other stand-ins are used as given.
+        """
+        audit_dir = getattr(self.audit, "dir", None)
+        if audit_dir is None or not hasattr(self.audit, "close"):
+            return self.audit
+        mine = getattr(self._local, "audit", None)
+        if mine is None:
+            mine = self._local.audit = type(self.audit)(Path(audit_dir).parent)
+        return mine
+
     def run_once(self, emit: Emit) -> dict[str, int]:
+        audit = self._audit_here()
         listed = emitted = 0
         for info in self.store.list(self.opts.prefix):
             if self._stop.is_set():
@@ -88,7 +106,7 @@ class ReconcileSource:
             listed += 1
             if self._ignored(info.key):
                 continue
-            if self.audit.has_input(self.store.name, info.key, info.version):
+            if audit.has_input(self.store.name, info.key, info.version):
                 continue
             emit(Event(store=self.store.name, key=info.key, source=self.name,
                        version=info.version, hints={"size": info.size, "reconcile": True}))
@@ -99,6 +117,14 @@ class ReconcileSource:
         return {"listed": listed, "emitted": emitted}
 
     def _run(self, emit: Emit) -> None:
+        try:
+            self._loop(emit)
+        finally:
+            mine = getattr(self._local, "audit", None)
+            if mine is not None:
+                mine.close()
+
+    def _loop(self, emit: Emit) -> None:
         if self._stop.wait(self.opts.initial_delay):
             return
         while not self._stop.is_set():
