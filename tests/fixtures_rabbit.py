@@ -48,8 +48,12 @@ def wait_port(port: int, up: bool, timeout: float = 60.0) -> None:
 def ensure_broker() -> str:
     """The shared broker; starts it (detached) when nothing listens on 5672."""
     if not port_open(PORT):
-        subprocess.run(["rabbitmq-server", "-detached"], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmq-server", "-detached"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(PORT, True)
     # The port opens slightly before AMQP logins work: wait for a real connection.
     deadline = time.monotonic() + 60
@@ -72,8 +76,12 @@ def delete_topology(url: str, cfg: RabbitMQConfig, extra_queues: tuple[str, ...]
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
         ch = conn.channel()
-        queues = [cfg.queue, cfg.dead_letter_queue or f"{cfg.queue}.dead", *extra_queues,
-                  *(f"{cfg.queue}.delay.{s * 1000}" for s in range(0, 11))]
+        queues = [
+            cfg.queue,
+            cfg.dead_letter_queue or f"{cfg.queue}.dead",
+            *extra_queues,
+            *(f"{cfg.queue}.delay.{s * 1000}" for s in range(0, 11)),
+        ]
         for q in queues:
             ch.queue_delete(q)
         for ex in (cfg.exchange, cfg.dead_letter_exchange, cfg.results_exchange):
@@ -84,9 +92,16 @@ def delete_topology(url: str, cfg: RabbitMQConfig, extra_queues: tuple[str, ...]
 
 def unique_cfg(url: str, **overrides: object) -> RabbitMQConfig:
     tag = uuid.uuid4().hex[:10]
-    base = dict(url=url, queue=f"fwtest.{tag}.jobs", exchange=f"fwtest.{tag}",
-                dead_letter_exchange=f"fwtest.{tag}.dlx", results_exchange=f"fwtest.{tag}.results",
-                heartbeat=10, publish_timeout=30.0, reconnect_max_delay=1.0)
+    base = dict(
+        url=url,
+        queue=f"fwtest.{tag}.jobs",
+        exchange=f"fwtest.{tag}",
+        dead_letter_exchange=f"fwtest.{tag}.dlx",
+        results_exchange=f"fwtest.{tag}.results",
+        heartbeat=10,
+        publish_timeout=30.0,
+        reconnect_max_delay=1.0,
+    )
     base.update(overrides)
     return RabbitMQConfig(**base)  # type: ignore[arg-type]
 
@@ -127,19 +142,28 @@ class PrivateNode:
         return f"amqp://guest:guest@{HOST}:{self.port}/%2F"
 
     def ctl(self, *args: str) -> None:
-        subprocess.run(["rabbitmqctl", "-n", self.name, *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env())
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.name, *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self.env(),
+        )
 
     def env(self) -> dict[str, str]:
-        return {**os.environ,
-                "RABBITMQ_NODENAME": self.name, "RABBITMQ_NODE_PORT": str(self.port),
-                "RABBITMQ_NODE_IP_ADDRESS": HOST, "RABBITMQ_DIST_PORT": str(self.port + 20000),
-                "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-                "RABBITMQ_LOG_BASE": str(self.base / "log"),
-                "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-                "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
-                "RABBITMQ_ALLOW_INPUT": "false"}
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_DIST_PORT": str(self.port + 20000),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
+            "RABBITMQ_ALLOW_INPUT": "false",
+        }
 
 
 def _free_port() -> int:
@@ -165,15 +189,29 @@ def private_node() -> Iterator[PrivateNode]:
         for p in (base, *base.rglob("*")):
             with contextlib.suppress(KeyError, LookupError, PermissionError):
                 shutil.chown(p, "rabbitmq", "rabbitmq")
-    subprocess.run(["rabbitmq-server", "-detached"], env=node.env(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["rabbitmq-server", "-detached"],
+        env=node.env(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        subprocess.run(["rabbitmqctl", "-n", node.name, "wait", str(base / "node.pid"),
-                        "--timeout", "90"], env=node.env(), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            ["rabbitmqctl", "-n", node.name, "wait", str(base / "node.pid"), "--timeout", "90"],
+            env=node.env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         wait_port(port, True)
         yield node
     finally:
-        subprocess.run(["rabbitmqctl", "-n", node.name, "stop"], env=node.env(), check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmqctl", "-n", node.name, "stop"],
+            env=node.env(),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         shutil.rmtree(base, ignore_errors=True)

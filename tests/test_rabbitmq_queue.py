@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 import time
 
+import fixtures_rabbit
 import pika
 import pytest
-import fixtures_rabbit
 from fixtures_rabbit import get_raw, unique_cfg
 
 from facewarden.daemon.jobs import Job
@@ -24,8 +24,14 @@ private_node = fixtures_rabbit.private_node
 
 
 def _job(i: int = 0) -> Job:
-    return Job(handler="anonymize", params={"mode": "blur"}, store="raw", key=f"a/{i}.jpg",
-               target="out", hints={"correlation_id": f"c{i}"})
+    return Job(
+        handler="anonymize",
+        params={"mode": "blur"},
+        store="raw",
+        key=f"a/{i}.jpg",
+        target="out",
+        hints={"correlation_id": f"c{i}"},
+    )
 
 
 def test_put_get_ack_round_trip(rabbit_cfg):
@@ -113,8 +119,12 @@ def test_dead_letter_and_malformed_messages_carry_a_reason(rabbit_cfg):
         lease = q.get("w", timeout=5)
         q.dead_letter(lease, reason={"code": "input.rejected", "message": "not an image"})
         conn = pika.BlockingConnection(pika.URLParameters(rabbit_cfg.url))
-        conn.channel().basic_publish(rabbit_cfg.exchange, rabbit_cfg.queue, b"{not json",
-                                     pika.BasicProperties(delivery_mode=2))
+        conn.channel().basic_publish(
+            rabbit_cfg.exchange,
+            rabbit_cfg.queue,
+            b"{not json",
+            pika.BasicProperties(delivery_mode=2),
+        )
         conn.close()
         assert q.get("w", timeout=1) is None  # the garbage is never handed to a worker
         first = get_raw(rabbit_cfg.url, q.dead_letter_queue)

@@ -65,8 +65,14 @@ T = TypeVar("T")
 
 #: Errors after which the connection is dropped and rebuilt.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    pex.AMQPConnectionError, pex.ChannelClosed, pex.ChannelWrongStateError,
-    pex.ConnectionWrongStateError, pex.StreamLostError, ConnectionError, OSError)
+    pex.AMQPConnectionError,
+    pex.ChannelClosed,
+    pex.ChannelWrongStateError,
+    pex.ConnectionWrongStateError,
+    pex.StreamLostError,
+    ConnectionError,
+    OSError,
+)
 
 HDR_DELIVERIES = "x-facewarden-deliveries"
 HDR_REASON = "x-facewarden-reason"
@@ -119,7 +125,8 @@ class _Dedup:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, at REAL NOT NULL)")
+            "CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, at REAL NOT NULL)"
+        )
         self._ttl = ttl
         self._lock = threading.Lock()
         self._next_prune = 0.0
@@ -188,8 +195,13 @@ class _Link:
         delay = min(self.owner.cfg.reconnect_max_delay, 0.2 * 2 ** min(self.failures - 1, 10))
         if deadline is not None:
             delay = max(0.0, min(delay, deadline - time.monotonic()))
-        log.warning("rabbitmq.connection_lost", role=self.role, error=type(exc).__name__,
-                    detail=str(exc)[:200], retry_in=round(delay, 2))
+        log.warning(
+            "rabbitmq.connection_lost",
+            role=self.role,
+            error=type(exc).__name__,
+            detail=str(exc)[:200],
+            retry_in=round(delay, 2),
+        )
         time.sleep(delay)
 
     def keepalive(self) -> None:
@@ -211,8 +223,11 @@ class RabbitMQQueue:
     def __init__(self, cfg: RabbitMQConfig, *, state_dir: Path | str | None = None):
         self.cfg = cfg
         self.dead_letter_queue = cfg.dead_letter_queue or f"{cfg.queue}.dead"
-        self._dedup = (_Dedup(Path(state_dir) / "rabbitmq-dedup.sqlite3", cfg.dedup_days * 86400)
-                       if state_dir is not None else None)
+        self._dedup = (
+            _Dedup(Path(state_dir) / "rabbitmq-dedup.sqlite3", cfg.dedup_days * 86400)
+            if state_dir is not None
+            else None
+        )
         self._closed = False
         self._reset_process_state()
 
@@ -241,8 +256,9 @@ class RabbitMQQueue:
                     self._pub.keepalive()
                     self._con.keepalive()
 
-            self._keepalive_thread = threading.Thread(target=run, name="rabbitmq-keepalive",
-                                                      daemon=True)
+            self._keepalive_thread = threading.Thread(
+                target=run, name="rabbitmq-keepalive", daemon=True
+            )
             self._keepalive_thread.start()
 
     def _declare(self, ch: Any) -> None:
@@ -252,8 +268,9 @@ class RabbitMQQueue:
             ch.exchange_declare(cfg.dead_letter_exchange, "direct", durable=True)
             ch.queue_declare(cfg.queue, durable=True, arguments=main_queue_arguments(cfg))
             ch.queue_bind(cfg.queue, cfg.exchange, routing_key=cfg.queue)
-            ch.queue_declare(self.dead_letter_queue, durable=True,
-                             arguments={"x-queue-type": "quorum"})
+            ch.queue_declare(
+                self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            )
             ch.queue_bind(self.dead_letter_queue, cfg.dead_letter_exchange, routing_key=cfg.queue)
         except pex.ChannelClosedByBroker as exc:
             if exc.reply_code == 406:  # PRECONDITION_FAILED: exists with other arguments
@@ -261,21 +278,26 @@ class RabbitMQQueue:
                     "config.invalid",
                     f"queue.rabbitmq: the broker already has {cfg.queue!r} or its exchanges with "
                     f"different settings ({exc.reply_text}); delete them or choose another "
-                    "queue.rabbitmq.queue name") from exc
+                    "queue.rabbitmq.queue name",
+                ) from exc
             raise
 
     def _declare_delay(self, link: _Link, ms: int) -> str:
         name = f"{self.cfg.queue}.delay.{ms}"
         if ms not in link.declared_delays:
-            link.ch.queue_declare(name, durable=True, arguments={
-                "x-queue-type": "quorum",
-                "x-message-ttl": ms,
-                "x-expires": ms + DELAY_QUEUE_EXPIRES_MS,
-                "x-dead-letter-exchange": self.cfg.exchange,
-                "x-dead-letter-routing-key": self.cfg.queue,
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
-            })
+            link.ch.queue_declare(
+                name,
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-message-ttl": ms,
+                    "x-expires": ms + DELAY_QUEUE_EXPIRES_MS,
+                    "x-dead-letter-exchange": self.cfg.exchange,
+                    "x-dead-letter-routing-key": self.cfg.queue,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
             link.declared_delays.add(ms)
         return name
 
@@ -295,17 +317,28 @@ class RabbitMQQueue:
                     if time.monotonic() >= deadline:
                         raise QueueUnavailable(
                             message=f"RabbitMQ did not confirm the {what} within "
-                                    f"{self.cfg.publish_timeout:.0f} s ({type(exc).__name__})"
+                            f"{self.cfg.publish_timeout:.0f} s ({type(exc).__name__})"
                         ) from exc
                     self._pub.backoff(exc, deadline)
 
-    def _publish(self, job: Job, *, exchange: str, routing_key: str,
-                 headers: dict[str, Any] | None = None, delay_ms: int = 0) -> None:
+    def _publish(
+        self,
+        job: Job,
+        *,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any] | None = None,
+        delay_ms: int = 0,
+    ) -> None:
         body = job.to_json().encode("utf-8")
         props = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json",
-            message_id=job.id, timestamp=int(time.time()), headers=headers or {},
-            type=f"facewarden.job/{job.handler}")
+            delivery_mode=pika.DeliveryMode.Persistent,
+            content_type="application/json",
+            message_id=job.id,
+            timestamp=int(time.time()),
+            headers=headers or {},
+            type=f"facewarden.job/{job.handler}",
+        )
 
         def op(ch: Any) -> None:
             ex, rk = exchange, routing_key
@@ -345,7 +378,8 @@ class RabbitMQQueue:
                     if not self._buffer:
                         remaining = deadline - time.monotonic()
                         self._con.conn.process_data_events(
-                            time_limit=max(0.0, min(0.25, remaining)))
+                            time_limit=max(0.0, min(0.25, remaining))
+                        )
                     while self._buffer:
                         lease = self._lease(*self._buffer.popleft(), worker=worker)
                         if lease is not None:
@@ -371,8 +405,9 @@ class RabbitMQQueue:
             job = Job.from_json(body)
         except (ValueError, TypeError) as exc:
             # Not a job at all: retrying can never help, dead-letter it with the reason.
-            log.warning("queue.malformed_job", delivery_tag=method.delivery_tag,
-                        error=str(exc)[:200])
+            log.warning(
+                "queue.malformed_job", delivery_tag=method.delivery_tag, error=str(exc)[:200]
+            )
             reason = {"code": "job.malformed", "message": f"undecodable job message: {exc}"[:500]}
             self._dead_letter_raw(body, props, token, reason)
             return None
@@ -383,8 +418,11 @@ class RabbitMQQueue:
 
     def _stale(self, token: DeliveryToken) -> bool:
         self._check_pid()
-        return (token.pid != self._pid or token.generation != self._con.generation
-                or self._con.ch is None)
+        return (
+            token.pid != self._pid
+            or token.generation != self._con.generation
+            or self._con.ch is None
+        )
 
     def ack(self, lease: Lease) -> None:
         token: DeliveryToken = lease.token  # type: ignore[assignment]
@@ -402,43 +440,72 @@ class RabbitMQQueue:
                 self._con.drop()
 
     def retry(self, lease: Lease, *, reason: dict[str, str], delay: float) -> None:
-        job = replace(lease.job, attempts=lease.job.attempts + 1, last_error=dict(reason),
-                      hints=dict(lease.job.hints))
+        job = replace(
+            lease.job,
+            attempts=lease.job.attempts + 1,
+            last_error=dict(reason),
+            hints=dict(lease.job.hints),
+        )
         delay_ms = math.ceil(max(0.0, delay)) * 1000  # whole seconds: few delay queues
-        self._publish(job, exchange=self.cfg.exchange, routing_key=self.cfg.queue,
-                      headers={HDR_DELIVERIES: lease.delivery}, delay_ms=delay_ms)
-        log.info("queue.retry", job=job.id, attempts=job.attempts, delay_s=delay_ms / 1000,
-                 reason=reason.get("code"))
+        self._publish(
+            job,
+            exchange=self.cfg.exchange,
+            routing_key=self.cfg.queue,
+            headers={HDR_DELIVERIES: lease.delivery},
+            delay_ms=delay_ms,
+        )
+        log.info(
+            "queue.retry",
+            job=job.id,
+            attempts=job.attempts,
+            delay_s=delay_ms / 1000,
+            reason=reason.get("code"),
+        )
         self.ack(lease)  # only now: the new copy is confirmed
 
     def dead_letter(self, lease: Lease, *, reason: dict[str, str]) -> None:
         """Moves the job to the dead-letter queue with ``x-facewarden-reason`` headers."""
         job = replace(lease.job, last_error=dict(reason))
-        self._publish(job, exchange=self.cfg.dead_letter_exchange, routing_key=self.cfg.queue,
-                      headers=_reason_headers(reason, lease.delivery))
+        self._publish(
+            job,
+            exchange=self.cfg.dead_letter_exchange,
+            routing_key=self.cfg.queue,
+            headers=_reason_headers(reason, lease.delivery),
+        )
         log.warning("queue.dead_lettered", job=job.id, reason=reason.get("code"))
         self.ack(lease)
 
-    def _dead_letter_raw(self, body: bytes, props: Any, token: DeliveryToken,
-                         reason: dict[str, str]) -> None:
+    def _dead_letter_raw(
+        self, body: bytes, props: Any, token: DeliveryToken, reason: dict[str, str]
+    ) -> None:
         # Called with the consumer lock held, from get(); publishing uses the other link.
         headers = {**dict(props.headers or {}), **_reason_headers(reason, 0)}
-        out = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers,
-                                   content_type=props.content_type, message_id=props.message_id)
-        self._with_publisher(lambda ch: ch.basic_publish(
-            self.cfg.dead_letter_exchange, self.cfg.queue, body, out, mandatory=True), "dead letter")
+        out = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent,
+            headers=headers,
+            content_type=props.content_type,
+            message_id=props.message_id,
+        )
+        self._with_publisher(
+            lambda ch: ch.basic_publish(
+                self.cfg.dead_letter_exchange, self.cfg.queue, body, out, mandatory=True
+            ),
+            "dead letter",
+        )
         self._con.ch.basic_ack(token.delivery_tag)
 
     def depth(self) -> int:
         """Jobs ready for a worker (not counting leased ones or those waiting to retry)."""
         return self._with_publisher(
             lambda ch: ch.queue_declare(self.cfg.queue, passive=True).method.message_count,
-            "depth query")
+            "depth query",
+        )
 
     def dead_letter_depth(self) -> int:
         return self._with_publisher(
             lambda ch: ch.queue_declare(self.dead_letter_queue, passive=True).method.message_count,
-            "depth query")
+            "depth query",
+        )
 
     def reachable(self) -> bool:
         """For /readyz: can we talk to the broker right now (one quick try)?"""
@@ -473,6 +540,8 @@ def _int(value: Any) -> int:
 
 
 def _reason_headers(reason: dict[str, str], deliveries: int) -> dict[str, Any]:
-    return {HDR_REASON: str(reason.get("code", "unknown"))[:200],
-            HDR_REASON_MESSAGE: str(reason.get("message", ""))[:1000],
-            HDR_DELIVERIES: deliveries}
+    return {
+        HDR_REASON: str(reason.get("code", "unknown"))[:200],
+        HDR_REASON_MESSAGE: str(reason.get("message", ""))[:1000],
+        HDR_DELIVERIES: deliveries,
+    }
