@@ -153,7 +153,7 @@ def test_source_emits_event_with_hints_and_acks(source_env, rabbit_url):
 
 @pytest.mark.rabbitmq
 def test_invalid_message_is_dead_lettered_with_reason_not_requeued(source_env, rabbit_url):
-    src, publish, events, got, _, _ = source_env
+    src, publish, events, _got, _, _ = source_env
     publish(msg(input={"store": "docs", "key": "../secret.jpg"}), correlation_id="bad-1")
     dead = get_raw(rabbit_url, src.dead_letter_queue)
     assert dead is not None
@@ -169,7 +169,7 @@ def test_invalid_message_is_dead_lettered_with_reason_not_requeued(source_env, r
 
 @pytest.mark.rabbitmq
 def test_inline_image_is_stored_then_emitted(source_env, face_photo):
-    src, publish, events, got, stores, _ = source_env
+    _src, publish, events, got, stores, _ = source_env
     data = face_photo.read_bytes()
     job_id = uuid.uuid4().hex
     publish(
@@ -191,7 +191,7 @@ def test_inline_image_is_stored_then_emitted(source_env, face_photo):
 
 @pytest.mark.rabbitmq
 def test_unrouted_message_is_dead_lettered(source_env, rabbit_url):
-    src, publish, events, got, _, answer = source_env
+    src, publish, _events, _got, _, answer = source_env
     answer["value"] = None  # the daemon's emit answers None when no route takes the event
     publish(msg())
     dead = get_raw(rabbit_url, src.dead_letter_queue)
