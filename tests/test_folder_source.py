@@ -16,6 +16,9 @@ from facewarden.daemon.sources import folder as folder_mod
 from facewarden.daemon.sources.folder import FolderSource, mount_fstype
 from facewarden.storage.local import LocalStore
 
+# watchdog warns when a new sub-folder's watch is added twice (event + rescan); harmless.
+pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
+
 
 class Collector:
     def __init__(self) -> None:
@@ -115,7 +118,6 @@ def test_growing_file_is_emitted_only_once_complete(start, root: Path, mode: str
     assert len(events.events) == 1  # emitted once
 
 
-@pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")  # watchdog's, harmless
 def test_file_in_a_new_sub_folder(start, root: Path):
     _, events = start()
     time.sleep(0.2)
