@@ -5,6 +5,7 @@ complete file only."""
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
@@ -21,7 +22,9 @@ import pytest
 
 pytestmark = [pytest.mark.samba, pytest.mark.slow]
 
-USER, PASSWORD = "root", "fw-smb-test-pass"  # an SMB account in this test's own passdb
+# An SMB account, in this test's own passdb, for the unix user running the test (smbd maps
+# SMB users to unix users; nothing is added to the system's user database).
+USER, PASSWORD = getpass.getuser(), "fw-smb-test-pass"
 SHARE = "drop"
 
 
