@@ -10,13 +10,15 @@ bucket names such as ``raw-images``.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import boto3
 import pytest
@@ -34,12 +36,14 @@ def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS_DIR / name).read_text(encoding="utf-8"))
 
 
-def sample_photo() -> bytes:
-    """A real JPEG from ../shared/data (any one; the S3 tests only move bytes)."""
-    for p in sorted(SHARED_DATA.rglob("*.jpg")):
-        if p.stat().st_size < 2_000_000:
-            return p.read_bytes()
-    raise RuntimeError(f"no JPEG under {SHARED_DATA}")
+def sample_photo(n: int = 0) -> bytes:
+    """The n-th real photo (with faces) from ../shared/data/faces-pascal. Different
+    tests that expect fresh processing need different bytes: the pipeline treats the
+    same bytes + handler + params as a duplicate of the earlier result."""
+    photos = sorted((SHARED_DATA / "faces-pascal").glob("*.jpg"))
+    if len(photos) <= n:
+        raise RuntimeError(f"fewer than {n + 1} photos under {SHARED_DATA / 'faces-pascal'}")
+    return photos[n].read_bytes()
 
 
 @pytest.fixture(scope="session")
@@ -148,3 +152,56 @@ class Collector:
             if not self._cond.wait_for(lambda: len(self.events) >= n, timeout=timeout):
                 raise AssertionError(f"expected {n} events within {timeout}s, got {self.events}")
             return list(self.events)
+
+
+class FakeListenServer:
+    """Stands in for MinIO's ListenBucketNotification endpoint (no MinIO binary here):
+    a chunked HTTP/1.1 stream of newline-delimited JSON records with blank keep-alive
+    lines, as documented. ``feed`` takes records; "CLOSE" ends the current stream."""
+
+    def __init__(self) -> None:
+        self.feed: queue.Queue[Any] = queue.Queue()
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                outer.requests.append({"path": url.path, "query": parse_qs(url.query),
+                                       "auth": self.headers.get("Authorization", "")})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    while not outer.closing:
+                        try:
+                            item = outer.feed.get(timeout=0.2)
+                        except queue.Empty:
+                            item = None
+                        if item == "CLOSE":
+                            break
+                        line = (json.dumps(item) if item is not None else " ") + "\n"
+                        data = line.encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except OSError:
+                    pass
+
+        self.closing = False
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.closing = True
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -12,21 +12,18 @@ for the listen API a small local HTTP server streams MinIO's documented format
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pika
 import pytest
 from fixtures_rabbit import rabbit_url  # noqa: F401
 from fixtures_s3 import (  # noqa: F401
     Collector,
+    FakeListenServer,
     make_store,
     minio_notification,
     moto_server,
@@ -291,59 +288,6 @@ def test_webhook_config_errors(raw: Any, tmp_path: Path) -> None:
 
 
 # -- MinIO listen API ---------------------------------------------------------------------------
-class FakeListenServer:
-    """Stands in for MinIO's ListenBucketNotification endpoint (no MinIO binary here):
-    a chunked HTTP/1.1 stream of newline-delimited JSON records with blank keep-alive
-    lines, as documented. ``feed`` takes records; "CLOSE" ends the current stream."""
-
-    def __init__(self) -> None:
-        self.feed: queue.Queue[Any] = queue.Queue()
-        self.requests: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *_a: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                outer.requests.append({"path": url.path, "query": parse_qs(url.query),
-                                       "auth": self.headers.get("Authorization", "")})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                try:
-                    while not outer.closing:
-                        try:
-                            item = outer.feed.get(timeout=0.2)
-                        except queue.Empty:
-                            item = None
-                        if item == "CLOSE":
-                            break
-                        line = (json.dumps(item) if item is not None else " ") + "\n"
-                        data = line.encode()
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                        self.wfile.flush()
-                    self.wfile.write(b"0\r\n\r\n")
-                    self.wfile.flush()
-                except OSError:
-                    pass
-
-        self.closing = False
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.closing = True
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_minio_listen_stream(raw: Any, s3_client: Any) -> None:
     server = FakeListenServer()
     src = source({"raw": raw}, type="minio-listen", name="listen", endpoint=server.url,
