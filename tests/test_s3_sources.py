@@ -355,3 +355,17 @@ def test_reconcile_config_errors(raw: Any) -> None:
         source({"raw": raw}, {}, type="reconcile", name="rec", store="raw")
     with pytest.raises(ConfigError, match=r"sources\[rec\]\.interval"):
         source({"raw": raw}, {}, type="reconcile", name="rec", store="raw", interval=0)
+
+
+# -- documented config ----------------------------------------------------------------------
+def test_documented_config_builds_every_source(tmp_path: Path) -> None:
+    """docs/config-s3.toml is valid: settings load and every S3 source type builds."""
+    from facewarden.config.load import load_settings
+    from facewarden.storage.stores import open_stores
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config-s3.toml"
+    settings = load_settings(doc, environ={}, overrides={"state_dir": str(tmp_path)})
+    stores = open_stores(settings.all_stores())
+    ctx = SourceContext(stores=stores, settings=settings, services={"audit": AuditLog(tmp_path)})
+    built = {build_source(cfg, ctx).name for cfg in settings.sources}
+    assert built == {"s3-sqs", "s3-amqp", "s3-webhook", "minio-listen", "reconcile-raw"}
