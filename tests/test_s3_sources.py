@@ -20,7 +20,7 @@ from typing import Any
 
 import pika
 import pytest
-from fixtures_rabbit import rabbit_url  # noqa: F401
+from fixtures_rabbit import private_node, rabbit_url  # noqa: F401
 from fixtures_s3 import (  # noqa: F401
     Collector,
     FakeListenServer,
@@ -210,6 +210,37 @@ def test_amqp_events_wait_in_our_queue_while_we_are_down(raw: Any, s3_client: An
         expect(got.wait(1)[0], "amqp", etag)
     finally:
         second.stop()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_amqp_source_reconnects_after_broker_restart(raw: Any, s3_client: Any,
+                                                     private_node: Any) -> None:
+    """On a private node (stopping the shared broker would hurt other tests)."""
+    url = private_node.url
+    src = source({"raw": raw}, type="s3-amqp", name="amqp", url=url, exchange="minio-events",
+                 queue="s3-events", stores=["raw"], reconnect_max_delay=0.5)
+    got = Collector()
+    src.start(got)
+    try:
+        deadline = time.monotonic() + 15
+        while not src.ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        etag = put_photo(s3_client)
+        publish(url, "minio-events", minio_notification(BUCKET, KEY, etag, 1))
+        got.wait(1)
+        private_node.ctl("stop_app")
+        deadline = time.monotonic() + 15
+        while src.ready():
+            assert time.monotonic() < deadline, "source did not notice the broker going away"
+            time.sleep(0.05)
+        private_node.ctl("start_app")
+        publish(url, "minio-events", minio_notification(BUCKET, "after restart.jpg", "e2", 1))
+        assert got.wait(2, timeout=30)[1].key == "after restart.jpg"
+        assert src.ready()
+    finally:
+        src.stop()
 
 
 # -- webhook (MinIO's webhook target) ----------------------------------------------------------

@@ -56,6 +56,8 @@ class AmqpEventOptions(SourceOptions):
     stores: list[str] = Field(min_length=1)
     #: Seconds to wait before requeueing a delivery whose emit failed (no hot loop).
     retry_delay: float = Field(1.0, ge=0)
+    #: Upper bound of the reconnect backoff (seconds) while the broker is away.
+    reconnect_max_delay: float = Field(30.0, gt=0)
 
 
 class AmqpEventSource:
@@ -93,7 +95,7 @@ class AmqpEventSource:
         ch.basic_qos(prefetch_count=o.prefetch)
 
     def _run(self, emit: Emit) -> None:
-        backoff = Backoff()
+        backoff = Backoff(cap=self.opts.reconnect_max_delay)
         while not self._stop.is_set():
             conn = None
             try:
