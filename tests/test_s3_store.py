@@ -124,3 +124,14 @@ def test_factory_opens_named_s3_stores(s3_env: str, bucket: str) -> None:
     assert isinstance(stores["raw"], S3Store)
     stores["raw"].put("k.jpg", b"1")
     assert stores["raw"].get("k.jpg") == b"1"
+
+
+def test_sse_kms_with_key_id(s3_env: str, s3_client: Any, bucket: str) -> None:
+    import boto3
+
+    key_id = boto3.client("kms", endpoint_url=s3_env).create_key()["KeyMetadata"]["Arn"]
+    store = make_store(s3_env, "raw", bucket, sse="aws:kms", kms_key_id=key_id)
+    store.put("kms.jpg", b"secret")
+    head = s3_client.head_object(Bucket=bucket, Key="kms.jpg")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == key_id
+    assert store.get("kms.jpg") == b"secret"
