@@ -49,6 +49,8 @@ def test_missing_objects(s3_env: str, bucket: str) -> None:
     with pytest.raises(StoreError) as err:
         store.get("nope.jpg")
     assert err.value.code == "store.not_found" and not err.value.retryable
+    with pytest.raises(FileNotFoundError):  # same contract as LocalStore
+        store.get("nope.jpg")
     store.delete("nope.jpg")  # deleting what is not there is not an error
 
 

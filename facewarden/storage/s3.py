@@ -66,6 +66,14 @@ def encode_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
     return out
 
 
+class ObjectNotFound(StoreError, FileNotFoundError):
+    """A missing object: caught by ``except FileNotFoundError`` like LocalStore's, and
+    carrying a reason code like every other store error. Never retryable."""
+
+    code = "store.not_found"
+    retryable = False
+
+
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -136,8 +144,7 @@ class S3Store:
             return resp["Body"].read()
         except ClientError as exc:
             if _code(exc) in _NOT_FOUND:
-                raise StoreError("store.not_found", f"{self.uri(key)} does not exist",
-                                 retryable=False) from exc
+                raise ObjectNotFound(message=f"{self.uri(key)} does not exist") from exc
             raise self._fail("GET", key, exc) from exc
         except BotoCoreError as exc:
             raise self._fail("GET", key, exc) from exc
