@@ -149,6 +149,11 @@ def test_dedup_with_state_dir_and_without(rabbit_cfg, tmp_path):
     try:
         assert again.put(_job(), dedup="raw:a/0.jpg@v1") is False
         assert again.depth() == 2
+        known = _job()
+        again.put(known)
+        assert again.job_state(known.id) == "queued"  # for GET /jobs/{id}
+        assert again.job_state("f" * 32) is None
+        assert again.depth() == 3
     finally:
         again.close()
     nodedup = RabbitMQQueue(rabbit_cfg)

@@ -55,6 +55,7 @@ import pika.exceptions as pex
 import structlog
 
 from facewarden.config.schema import RabbitMQConfig
+from facewarden.daemon import metrics
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.queues.base import Lease
 from facewarden.errors import ConfigError, ProcessingFailed
@@ -118,7 +119,9 @@ def main_queue_arguments(cfg: RabbitMQConfig) -> dict[str, Any]:
 
 
 class _Dedup:
-    """Accepted dedup strings, so a source that sees the same object twice queues it once."""
+    """Accepted dedup strings, so a source that sees the same object twice queues it once;
+    and the ids of jobs this process queued, so GET /jobs/{id} can say "queued" (RabbitMQ
+    cannot look a message up by id)."""
 
     def __init__(self, path: Path, ttl: float):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +129,9 @@ class _Dedup:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, at REAL NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS queued (id TEXT PRIMARY KEY, at REAL NOT NULL)"
         )
         self._ttl = ttl
         self._lock = threading.Lock()
@@ -136,6 +142,7 @@ class _Dedup:
         with self._lock:
             if now >= self._next_prune:
                 self._db.execute("DELETE FROM dedup WHERE at < ?", (now - self._ttl,))
+                self._db.execute("DELETE FROM queued WHERE at < ?", (now - self._ttl,))
                 self._next_prune = now + 3600
             cur = self._db.execute("INSERT OR IGNORE INTO dedup(key, at) VALUES (?, ?)", (key, now))
             return cur.rowcount == 1
@@ -143,6 +150,17 @@ class _Dedup:
     def release(self, key: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM dedup WHERE key = ?", (key,))
+
+    def note_queued(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO queued(id, at) VALUES (?, ?)", (job_id, time.time())
+            )
+
+    def was_queued(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM queued WHERE id = ?", (job_id,)).fetchone()
+            return row is not None
 
     def close(self) -> None:
         with self._lock:
@@ -360,7 +378,17 @@ class RabbitMQQueue:
             if dedup is not None and self._dedup is not None:
                 self._dedup.release(dedup)  # not accepted: a later put must be able to succeed
             raise
+        if self._dedup is not None:
+            self._dedup.note_queued(job.id)
         return True
+
+    def job_state(self, job_id: str) -> str | None:
+        """ "queued" for a job this process (the daemon) put and nobody has finished yet as
+        far as we can tell (the caller checks the audit index first); else None. RabbitMQ
+        does not tell which consumer holds a message, so "leased" is never reported."""
+        if self._dedup is not None and self._dedup.was_queued(job_id):
+            return "queued"
+        return None
 
     def get(self, worker: str, timeout: float) -> Lease | None:
         self._check_pid()
@@ -454,6 +482,7 @@ class RabbitMQQueue:
             headers={HDR_DELIVERIES: lease.delivery},
             delay_ms=delay_ms,
         )
+        metrics.RETRIES.labels(reason=str(reason.get("code", "unknown"))).inc()
         log.info(
             "queue.retry",
             job=job.id,
@@ -473,12 +502,14 @@ class RabbitMQQueue:
             headers=_reason_headers(reason, lease.delivery),
         )
         log.warning("queue.dead_lettered", job=job.id, reason=reason.get("code"))
+        metrics.DEAD_LETTERS.labels(reason=str(reason.get("code", "unknown"))).inc()
         self.ack(lease)
 
     def _dead_letter_raw(
         self, body: bytes, props: Any, token: DeliveryToken, reason: dict[str, str]
     ) -> None:
         # Called with the consumer lock held, from get(); publishing uses the other link.
+        metrics.DEAD_LETTERS.labels(reason=str(reason.get("code", "unknown"))).inc()
         headers = {**dict(props.headers or {}), **_reason_headers(reason, 0)}
         out = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
