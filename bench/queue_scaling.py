@@ -175,8 +175,8 @@ def worker_main(settings_json: str, name: str, stop: Any, done: Any, core: int |
 
 
 def make_photos(n: int, raw: Path, start: int = 0) -> list[str]:
-    """Distinct real photos (one pixel nudged per copy so each has its own sha256, else
-    the idempotency index would skip repeats)."""
+    """Distinct copies of real photos: each carries its index in a JPEG comment, so each
+    has its own sha256 (the idempotency index would skip repeats); pixels are untouched."""
     from PIL import Image
 
     sources = sorted((DATA / "faces-pascal").glob("*.jpg"))
@@ -184,11 +184,8 @@ def make_photos(n: int, raw: Path, start: int = 0) -> list[str]:
     keys = []
     for i in range(start, start + n):
         img = Image.open(sources[i % len(sources)]).convert("RGB")
-        px = img.load()
-        r, g, b = px[0, 0]
-        px[0, 0] = ((r + 1 + i) % 256, g, b)
         buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=92)
+        img.save(buf, "JPEG", quality=92, comment=f"facewarden bench copy {i}".encode())
         key = f"p{i:04d}.jpg"
         (raw / key).write_bytes(buf.getvalue())
         keys.append(key)
