@@ -236,3 +236,75 @@ def test_config_errors_name_the_key(tmp_path):
             ),
             ctx,
         )
+
+
+# -- end to end: daemon + RabbitMQ + worker process + real model ----------------------------
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_webhook_to_result_through_the_daemon_on_rabbitmq(tmp_path, face_photo, models_dir):
+    import fixtures_rabbit
+    import httpx
+
+    from facewarden.config.schema import Settings
+    from facewarden.daemon.app import Daemon
+
+    url = fixtures_rabbit.ensure_broker()
+    cfg = fixtures_rabbit.unique_cfg(url)
+    settings = Settings.model_validate(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "models_dir": str(models_dir),
+            "stores": {
+                "raw": {"type": "local", "root": str(tmp_path / "raw")},
+                "out": {"type": "local", "root": str(tmp_path / "out")},
+            },
+            "sources": [
+                {
+                    "type": "dms-webhook",
+                    "name": "dms",
+                    "secret": SECRET.decode(),
+                    "store": "raw",
+                    "raw_store": "raw",
+                }
+            ],
+            "routes": [{"source": "dms", "handler": "anonymize", "target": "out"}],
+            "queue": {"backend": "rabbitmq", "rabbitmq": cfg.model_dump()},
+            "workers": {"count": 1},
+            "http": {"enabled": True, "port": 0},
+            "log": {"format": "json", "level": "warning"},
+        }
+    )
+    LocalStore("raw", tmp_path / "raw").put("in/photo.jpg", face_photo.read_bytes())
+    daemon = Daemon(settings)
+    daemon.start()
+    try:
+        base = daemon.http.url
+        body = json.dumps({"key": "in/photo.jpg", "correlation_id": "e2e"}).encode()
+        h = headers(body, **{"Content-Type": "application/json"})
+        resp = httpx.post(f"{base}/webhooks/dms", content=body, headers=h)
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["job_id"]
+        path = f"/jobs/{job_id}"
+        deadline = time.monotonic() + 180
+        while True:
+            ts = str(int(time.time()))
+            sig = sign(SECRET, ts, f"GET {path}".encode())
+            got = httpx.get(
+                base + path, headers={"X-Facewarden-Timestamp": ts, "X-Facewarden-Signature": sig}
+            )
+            if got.status_code == 200 and got.json()["state"] == "done":
+                break
+            assert got.status_code in (200, 404), got.text
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.3)
+        status = got.json()
+        assert status["outcome"] == "ok"
+        assert status["outputs"][0]["key"] == "in/photo.jpg"
+        assert LocalStore("out", tmp_path / "out").stat("in/photo.jpg") is not None
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        assert "facewarden_queue_depth" in httpx.get(f"{base}/metrics").text
+    finally:
+        daemon.stop()
+        fixtures_rabbit.delete_topology(url, cfg)
