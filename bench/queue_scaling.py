@@ -163,10 +163,13 @@ def worker_main(settings_json: str, name: str, stop: Any, done: Any, core: int |
     configure_logging("json", "warning")
     Pipeline(settings, open_stores(settings.all_stores())).warm_up()  # models, once
     queue = factory_open(settings)
-    done.put(("ready", name, time.time(), ""))
+    done.put(("ready", name, time.time(), "", 0.0))
+    cpu0 = time.process_time()
 
     def on_outcome(outcome: Any) -> None:
-        done.put(("done", outcome.record.get("job_id"), time.time(), outcome.outcome))
+        # CPU seconds this process (all its threads) spent since it was ready.
+        cpu = time.process_time() - cpu0
+        done.put(("done", outcome.record.get("job_id"), time.time(), outcome.outcome, (name, cpu)))
 
     try:
         run_worker(settings, queue, stop, name=name, on_outcome=on_outcome)
@@ -237,7 +240,7 @@ class Run:
             p.start()
         ready = 0
         while ready < self.workers:
-            kind, *_ = self.done.get(timeout=300)
+            kind, *_ = self.done.get(timeout=300)  # models loaded, consuming
             ready += kind == "ready"
         return self
 
@@ -250,10 +253,13 @@ class Run:
 
     def collect(self, n: int) -> dict[str, tuple[float, str]]:
         got: dict[str, tuple[float, str]] = {}
+        self.cpu: dict[str, float] = {}
         while len(got) < n:
-            kind, job_id, t, outcome = self.done.get(timeout=300)
+            kind, job_id, t, outcome, extra = self.done.get(timeout=300)
             if kind == "done":
                 got[job_id] = (t, outcome)
+                name, cpu = extra
+                self.cpu[name] = max(cpu, self.cpu.get(name, 0.0))
         return got
 
     def __exit__(self, *exc: object) -> None:
@@ -275,10 +281,13 @@ def throughput(
         sent = dict(run.submit(k) for k in keys)
         got = run.collect(len(keys))
         t1 = max(t for t, _ in got.values())
+        cpu = sum(run.cpu.values())
     outcomes = {o for _, o in got.values()}
     lat = sorted((got[j][0] - sent[j]) * 1000 for j in sent)
     return {
         "images_per_s": len(keys) / (t1 - t0),
+        "cpu_ms_per_image": cpu / len(keys) * 1000,
+        "cpu_share": cpu / ((t1 - t0) * workers),
         "outcomes": sorted(outcomes),
         "burst_p50_ms": statistics.median(lat),
     }
@@ -355,11 +364,18 @@ def main() -> None:
                 )
                 print(
                     f"   {backend:9} workers={w}: {r['images_per_s']:6.2f} images/s "
-                    f"(outcomes {r['outcomes']}, burst p50 {r['burst_p50_ms']:.0f} ms)"
+                    f"({r['cpu_ms_per_image']:.0f} ms CPU/image, each worker got "
+                    f"{100 * r['cpu_share']:.0f}% of a core; outcomes {r['outcomes']})"
                 )
         for backend in ("sqlite", "rabbitmq"):
-            eff = res[(backend, 2)]["images_per_s"] / (2 * res[(backend, 1)]["images_per_s"])
-            print(f"   scaling efficiency {backend}: {eff:.2f} (target >= 0.9)")
+            one, two = res[(backend, 1)], res[(backend, 2)]
+            eff = two["images_per_s"] / (2 * one["images_per_s"])
+            per_cpu = one["cpu_ms_per_image"] / two["cpu_ms_per_image"]
+            print(
+                f"   scaling efficiency {backend}: {eff:.2f} (target >= 0.9); CPU cost per "
+                f"image 2 workers vs 1: {1 / per_cpu:.2f}x (1.00 = no per-job cost added by "
+                "a second worker; a CPU share under 100% = cores taken by other work)"
+            )
         rate = 0.6 * res[("rabbitmq", 2)]["images_per_s"]
         print(
             f"\n3. event-to-result latency, RabbitMQ, 2 workers, paced at {rate:.2f} jobs/s "
