@@ -244,3 +244,89 @@ def test_publish_result_to_results_exchange_and_reply_to(rabbit_cfg, rabbit_url)
         ch.queue_delete(reply_q)
         ch.queue_delete(watch_q)
         conn.close()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_job_message_to_result_through_the_daemon(
+    rabbit_cfg, rabbit_url, tmp_path, face_photo, models_dir
+):
+    """A message asks for another target (route allows overrides) and sends the image
+    inline; the daemon queues it on RabbitMQ and a worker process writes the result."""
+    import time
+
+    from facewarden.daemon.app import Daemon
+    from facewarden.storage.audit import AuditLog
+
+    tag = uuid.uuid4().hex[:8]
+    requests_q = f"fwtest.{tag}.requests"
+    settings = Settings.model_validate(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "models_dir": str(models_dir),
+            "stores": {
+                "raw": {"type": "local", "root": str(tmp_path / "raw")},
+                "out": {"type": "local", "root": str(tmp_path / "out")},
+                "special": {"type": "local", "root": str(tmp_path / "special")},
+            },
+            "sources": [
+                {
+                    "type": "amqp-jobs",
+                    "name": "requests",
+                    "url": rabbit_url,
+                    "queue": requests_q,
+                    "dead_letter_exchange": f"fwtest.{tag}.rdlx",
+                    "raw_store": "raw",
+                }
+            ],
+            "routes": [
+                {
+                    "source": "requests",
+                    "handler": "anonymize",
+                    "target": "out",
+                    "allow_overrides": True,
+                }
+            ],
+            "queue": {"backend": "rabbitmq", "rabbitmq": rabbit_cfg.model_dump()},
+            "workers": {"count": 1},
+            "log": {"format": "json", "level": "warning"},
+        }
+    )
+    daemon = Daemon(settings)
+    daemon.start()
+    job_id = uuid.uuid4().hex
+    try:
+        src = daemon.sources[0]
+        assert src.wait_ready(20)
+        conn = pika.BlockingConnection(pika.URLParameters(rabbit_url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        body = msg(
+            input={
+                "data": base64.b64encode(face_photo.read_bytes()).decode(),
+                "filename": "face.jpg",
+            },
+            target="special",
+            target_prefix="done",
+            job_id=job_id,
+            correlation_id="c-1",
+        )
+        ch.basic_publish("", requests_q, body, pika.BasicProperties(delivery_mode=2))
+        conn.close()
+        audit = AuditLog(tmp_path / "state")
+        deadline = time.monotonic() + 180
+        while audit.find_job(job_id) is None:
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.3)
+        record = audit.find_job(job_id)
+        assert record["outcome"] == "ok"
+        key = f"done/amqp-inline/{job_id}/face.jpg"
+        assert [o["key"] for o in record["outputs"]] == [key]
+        assert LocalStore("special", tmp_path / "special").stat(key) is not None
+    finally:
+        daemon.stop()
+        c = pika.BlockingConnection(pika.URLParameters(rabbit_url))
+        for q in (requests_q, f"{requests_q}.dead"):
+            c.channel().queue_delete(q)
+        c.channel().exchange_delete(f"fwtest.{tag}.rdlx")
+        c.close()
