@@ -147,16 +147,11 @@ def test_missing_file_and_bad_syntax(tmp: Path):
     assert exc.value.code == "config.syntax" and "broken.toml" in exc.value.message
 
 
-@pytest.mark.xfail(strict=True, reason="bug: env values are parsed as JSON, so a numeric-looking "
-                   "value for a string option (queue name, bucket) becomes an int and is refused")
 def test_env_numeric_looking_value_for_a_string_option():
     s = load_settings(None, environ={"FACEWARDEN_QUEUE__RABBITMQ__QUEUE": "20240101"})
     assert s.queue.rabbitmq.queue == "20240101"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: LocalStoreConfig.type defaults to 'local' but the "
-                   "store union's discriminator needs it, so a store table without type is refused "
-                   "with pydantic's 'Unable to extract tag using discriminator' message")
 def test_store_without_type_is_local(tmp: Path):
     path = tmp / "fw.toml"
     path.write_text(f'[stores.outgoing]\nroot = "{tmp}/out"\n')

@@ -17,7 +17,8 @@ DEFAULT_IGNORE = ["*.part", "*.tmp", "*.crdownload", "~$*", ".*", "@eaDir", "#re
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Env values are parsed as JSON, so a digit-only queue or bucket name arrives as an int.
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 class LocalStoreConfig(_Strict):
@@ -194,6 +195,14 @@ class Settings(_Strict):
     gallery: GalleryConfig = GalleryConfig()
     #: JPEG quality for re-encoded results (handlers may override per route).
     jpeg_quality: int = Field(92, ge=1, le=100)
+
+    @field_validator("stores", mode="before")
+    @classmethod
+    def _local_default_type(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ({**v, "type": "local"} if isinstance(v, dict) and "type" not in v else v)
+                    for k, v in value.items()}
+        return value
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,18 +85,19 @@ class AuditLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "audit.db"
         self.head_path = self.dir / "HEAD"
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
+        # One connection per thread: sources, HTTP handlers and workers share this object.
+        self._local = threading.local()
 
     # -- connection ------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", 0) != os.getpid():
             conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -109,9 +111,10 @@ class AuditLog:
         conn.execute("COMMIT")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     # -- writing ---------------------------------------------------------------------
     def append(self, record: dict[str, Any], *, place: Callable[[dict[str, Any], bytes], str | None] | None = None

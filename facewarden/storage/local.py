@@ -35,6 +35,8 @@ class LocalStore:
         real_root = self.root.resolve()
         if not path.parent.resolve().is_relative_to(real_root):
             raise UnsafeKey(message="the object key resolves outside its store (symlink)")
+        if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+            raise UnsafeKey(message="the object is a symlink pointing outside its store")
         return path
 
     def key_of(self, path: Path) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,18 +44,19 @@ class SqliteQueue:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.poll_interval = poll_interval
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
+        # One connection per thread: sources, HTTP handlers and workers share this object.
+        self._local = threading.local()
         self._db()
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", 0) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -142,6 +144,7 @@ class SqliteQueue:
         return row[0] if row else None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -157,7 +157,7 @@ class FolderSource:
         try:
             self._emit(Event(store=self.store.name, key=key, source=self.name,
                              version=f"{cand.size}-{cand.mtime_ns}", hints={"size": cand.size}))
-        except Exception as exc:  # noqa: BLE001 - keep watching; the next rescan retries
+        except Exception as exc:
             log.error("source.emit_failed", source=self.name, error=type(exc).__name__, detail=str(exc)[:200])
 
     # -- lifecycle -------------------------------------------------------------------
@@ -206,7 +206,9 @@ class _Handler(FileSystemEventHandler):
         if kind in ("deleted", "opened", "closed_no_write"):
             return
         path = Path(os.fsdecode(event.dest_path if kind == "moved" else event.src_path))
-        self.source.nominate(path, closed=(kind == "closed"))
+        # A rename into the folder delivers a file that is already complete (the usual
+        # "write to a temp name, then rename" drop), so it counts like a close.
+        self.source.nominate(path, closed=kind in ("closed", "moved"))
 
 
 def _factory(cfg: FolderSourceConfig, ctx: SourceContext) -> FolderSource:
