@@ -1,4 +1,4 @@
-"""DMS webhook over real HTTP semantics (Starlette TestClient) with real local stores.
+"""DMS webhook over real HTTP (uvicorn on a loopback port, httpx) with real local stores.
 
 The job-status service and the emit callback are stand-ins here (the daemon provides the
 real ones); the end-to-end path through the daemon and RabbitMQ is in test_worker_rabbitmq.
@@ -11,11 +11,11 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
-from starlette.testclient import TestClient
 
 from facewarden.config.schema import GenericSourceConfig
-from facewarden.daemon.http import build_app
+from facewarden.daemon.http import build_app, serve_in_thread
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources import SourceContext, build_source
 from facewarden.daemon.sources.dms_webhook import sign
@@ -59,8 +59,10 @@ def env(tmp_path: Path, face_photo: Path):
         return event.hints["job_id"]
 
     source.start(emit)
-    client = TestClient(build_app(sources=[source]))
-    return client, events, jobs, stores, face_photo
+    handle = serve_in_thread(build_app(sources=[source]), "127.0.0.1", 0)
+    with httpx.Client(base_url=handle.url, timeout=30) as client:
+        yield client, events, jobs, stores, face_photo
+    handle.stop()
 
 
 def headers(body: bytes, *, ts: int | None = None, secret: bytes = SECRET, **extra: str) -> dict:
@@ -72,7 +74,7 @@ def headers(body: bytes, *, ts: int | None = None, secret: bytes = SECRET, **ext
     }
 
 
-def post_json(client: TestClient, doc: dict, **kw) -> tuple:
+def post_json(client: httpx.Client, doc: dict, **kw) -> tuple:
     body = json.dumps(doc).encode()
     h = headers(body, **kw)
     h["Content-Type"] = "application/json"
