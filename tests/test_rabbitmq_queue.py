@@ -212,3 +212,25 @@ def test_broker_restart_mid_stream_loses_nothing(private_node):
     assert len(sent) == 60
     missing = set(sent) - done
     assert not missing, f"{len(missing)} confirmed jobs lost across the broker restart"
+
+
+@pytest.mark.slow
+def test_a_long_job_keeps_its_lease_across_heartbeats(rabbit_url):
+    # heartbeat=1 s: without the keep-alive thread the broker would drop the connection
+    # (and requeue the job) after ~2 s of a worker busy in a long job.
+    cfg = unique_cfg(rabbit_url, heartbeat=1)
+    q = RabbitMQQueue(cfg)
+    try:
+        q.put(_job())
+        lease = q.get("w", timeout=5)
+        assert lease is not None
+        time.sleep(4.5)  # "processing"
+        q.ack(lease)
+        other = RabbitMQQueue(cfg)
+        try:
+            assert other.get("w2", timeout=1) is None  # acked, not redelivered
+        finally:
+            other.close()
+    finally:
+        q.close()
+        fixtures_rabbit.delete_topology(rabbit_url, cfg)
