@@ -148,8 +148,12 @@ class Daemon:
         log.info("daemon.stopped")
 
     def run_forever(self) -> int:
+        received: list[int] = []
+
         def on_signal(signum: int, _frame: Any) -> None:
-            log.info("daemon.signal", signal=signal.Signals(signum).name)
+            # Only flags here: logging from a signal handler can deadlock on the log lock
+            # the interrupted code holds.
+            received.append(signum)
             self._stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -163,6 +167,8 @@ class Daemon:
                 log.error("daemon.fatal", reason=self.pool.fatal)
                 code = 78
                 break
+        if received:
+            log.info("daemon.signal", signal=signal.Signals(received[0]).name)
         _sd_notify("STOPPING=1")
         self.stop()
         return code

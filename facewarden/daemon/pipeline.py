@@ -134,7 +134,14 @@ class Pipeline:
         idem = idempotency_key(input_meta["sha256"], job.handler, params)
         record["idempotency_key"] = idem
 
-        prior = self.audit.find_done(idem)
+        remote = self._record_beside_result(job, idem)
+        if remote is not None and remote.get("job_id") == job.id:
+            # Another host finished this very job and died before acking it.
+            self._tidy_original(job, remote["outcome"])
+            log.info("job.already_done_elsewhere", job_id=job.id, host=remote.get("host"))
+            return Outcome(remote["outcome"], remote, [o["key"] for o in remote.get("outputs", [])],
+                           redelivered=True)
+        prior = self.audit.find_done(idem) or remote
         if prior is not None:
             record.update(outcome="duplicate", duplicate_of={"seq": prior["seq"], "hash": prior["hash"]},
                           reason={"code": "input.duplicate",
@@ -188,6 +195,22 @@ class Pipeline:
         log.info("job.ok", job_id=job.id, handler=job.handler, outputs=len(outputs),
                  faces=result.facts.get("faces"), ms=full["timings"]["total_ms"])
         return Outcome("ok", full, [o["key"] for o in outputs])
+
+    def _record_beside_result(self, job: Job, idem: str) -> dict[str, Any] | None:
+        """The audit copy beside where this job's result would be, when it is a final
+        record for the same input, handler and params. Worker hosts each keep their own
+        audit index, but they share the target store: this is what they agree on."""
+        ext = posixpath.splitext(job.key)[1].lower()
+        if not ext:
+            return None
+        try:
+            data = self._store(job.target).get(output_key(job, ext, "") + AUDIT_SUFFIX)
+            record = json.loads(data)
+        except (FileNotFoundError, FacewardenError, ValueError):
+            return None
+        if record.get("idempotency_key") == idem and record.get("outcome") in ("ok", "rejected"):
+            return record
+        return None
 
     # -- failure paths ---------------------------------------------------------------
     def quarantine_after_failure(self, job: Job, err: FacewardenError) -> Outcome:
