@@ -64,7 +64,7 @@ def run(workers: int, photos: list[Path], latency_n: int, burst_n: int, tmp: Pat
     inc, out, state = tmp / f"in{workers}", tmp / f"out{workers}", tmp / f"state{workers}"
     for d in (inc, out, state):
         d.mkdir()
-    log = open(tmp / f"daemon{workers}.log", "wb")
+    log = open(tmp / f"daemon{workers}.log", "wb")  # noqa: SIM115 - held for the child's lifetime
     proc = subprocess.Popen([sys.executable, "-m", "facewarden", "run", "--watch", str(inc), "--out", str(out),
                              "--state", str(state), "--workers", str(workers), "--models-dir",
                              str(REPO / "var" / "models")], stdout=log, stderr=log, start_new_session=True,

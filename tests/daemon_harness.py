@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,19 +58,18 @@ format = "json"
 class DaemonProcess:
     def __init__(self, config: Path, log: Path, *args: str):
         self.log = log
+        self._log_fh = open(log, "ab")  # noqa: SIM115 - held for the child's lifetime
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "facewarden", "run", "--config", str(config), *args],
-                                     stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=env,
+                                     stdout=subprocess.DEVNULL, stderr=self._log_fh, env=env,
                                      start_new_session=True)
 
     def events(self) -> list[dict]:
         out = []
         for line in self.log.read_text(errors="replace").splitlines():
             if line.startswith("{"):
-                try:
+                with contextlib.suppress(ValueError):
                     out.append(json.loads(line))
-                except ValueError:
-                    pass
         return out
 
     def wait_event(self, name: str, count: int = 1, timeout: float = 90) -> None:
@@ -87,11 +87,10 @@ class DaemonProcess:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(10)
+        self._log_fh.close()
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -56,7 +56,9 @@ def _format_error(exc: ValidationError, origin: str) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc or '(top level)'}: {msg}" + (f" (got {err['input']!r})" if loc and "input" in err and not isinstance(err["input"], dict | list) else ""))
+        shown = err.get("input")
+        got = f" (got {shown!r})" if loc and "input" in err and not isinstance(shown, dict | list) else ""
+        lines.append(f"{loc or '(top level)'}: {msg}{got}")
     return f"invalid configuration ({origin}):\n  " + "\n  ".join(lines)
 
 

@@ -129,7 +129,7 @@ class Daemon:
                     self.audit.append({"kind": "subject.purged", "subject": subject,
                                        "reason": {"code": "retention.expired",
                                                   "message": "retention period ended"}})
-            except Exception as exc:  # noqa: BLE001 - housekeeping must not stop the daemon
+            except Exception as exc:
                 log.error("gallery.purge_failed", error=type(exc).__name__)
 
     def stop(self) -> None:
@@ -138,7 +138,7 @@ class Daemon:
         for source in self.sources:
             try:
                 source.stop()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.error("source.stop_failed", source=source.name, error=type(exc).__name__)
         if self.pool is not None:
             self.pool.stop()
@@ -178,7 +178,7 @@ def _queue_ok(queue: Any) -> bool:
     try:
         queue.depth()
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 

@@ -164,7 +164,7 @@ class Pipeline:
             return self._quarantine(job, data, record, err, started, timings)
         except FacewardenError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a handler bug must fail closed, not crash the worker
+        except Exception as exc:
             raise ProcessingFailed("handler.crashed", f"the {job.handler} handler failed: "
                                    f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
@@ -294,7 +294,8 @@ class Pipeline:
         elif job.originals == "move":
             dest = self._store(job.processed_store)
             dkey = join_key(job.processed_prefix, job.key)
-            if not (isinstance(src, LocalStore) and isinstance(dest, LocalStore) and _move_local(src, job.key, dest, dkey)):
+            both_local = isinstance(src, LocalStore) and isinstance(dest, LocalStore)
+            if not (both_local and _move_local(src, job.key, dest, dkey)):
                 dest.put(dkey, src.get(job.key))
                 src.delete(job.key)
 

