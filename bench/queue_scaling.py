@@ -195,10 +195,18 @@ def make_photos(n: int, raw: Path, start: int = 0) -> list[str]:
     return keys
 
 
+def init_audit(settings: Settings) -> None:
+    """Creates the audit database before several processes open it at once (two processes
+    switching a fresh SQLite file to WAL together can fail with "database is locked")."""
+    from facewarden.storage.audit import AuditLog
+
+    audit = AuditLog(settings.state_dir)
+    audit.count()
+    audit.close()
+
+
 class Run:
-    def __init__(
-        self, backend: str, workers: int, url: str, root: Path, keys: list[str], pin: bool = True
-    ):
+    def __init__(self, backend: str, workers: int, url: str, root: Path, keys: list[str], pin: bool = True):
         self.backend, self.workers, self.pin = backend, workers, pin
         self.dir = root / f"{backend}-{workers}-{uuid.uuid4().hex[:6]}"
         self.cfg = rabbit_cfg(url) if backend == "rabbitmq" else None
@@ -220,6 +228,7 @@ class Run:
         self.keys = keys
 
     def __enter__(self) -> Run:
+        init_audit(self.settings)
         self.queue = open_queue(self.backend, Path(self.settings.state_dir), self.cfg)
         self.stop = _CTX.Event()
         self.done = _CTX.Queue()
@@ -273,9 +282,7 @@ class Run:
             drop_rabbit(self.cfg)
 
 
-def throughput(
-    backend: str, workers: int, url: str, root: Path, keys: list[str], pin: bool
-) -> dict[str, Any]:
+def throughput(backend: str, workers: int, url: str, root: Path, keys: list[str], pin: bool) -> dict[str, Any]:
     with Run(backend, workers, url, root, keys, pin) as run:
         t0 = time.time()
         sent = dict(run.submit(k) for k in keys)
@@ -291,6 +298,66 @@ def throughput(
         "outcomes": sorted(outcomes),
         "burst_p50_ms": statistics.median(lat),
     }
+
+
+def direct_main(settings_json: str, keys: list[str], core: int | None, go: Any, out: Any) -> None:
+    """Control without any queue: the same pipeline called directly on a share of photos."""
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    from facewarden.daemon.logs import configure_logging
+    from facewarden.daemon.pipeline import Pipeline
+    from facewarden.storage.stores import open_stores
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging("json", "warning")
+    try:
+        pipeline = Pipeline(settings, open_stores(settings.all_stores()))
+        pipeline.warm_up()
+        out.put(("ready", 0.0, 0.0))
+        go.wait()
+        cpu0 = time.process_time()
+        for key in keys:
+            job = Job(handler="anonymize", params={}, store="raw", key=key, target="out")
+            pipeline.process(job)
+        out.put(("done", time.time(), time.process_time() - cpu0))
+    except BaseException as exc:
+        out.put(("error", 0.0, repr(exc)))
+        raise
+
+
+def direct(workers: int, url: str, root: Path, keys: list[str], pin: bool) -> dict[str, float]:
+    run = Run("sqlite", workers, url, root, keys, pin)  # only for its settings
+    init_audit(run.settings)
+    go, out = _CTX.Event(), _CTX.Queue()
+    shares = [keys[i::workers] for i in range(workers)]
+    procs = [
+        _CTX.Process(
+            target=direct_main,
+            args=(
+                run.settings.model_dump_json(),
+                share,
+                (i % (os.cpu_count() or 1)) if pin else None,
+                go,
+                out,
+            ),
+        )
+        for i, share in enumerate(shares)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        if out.get(timeout=300)[0] == "error":
+            raise SystemExit("a direct-run process failed; see stderr")
+    t0 = time.time()
+    go.set()
+    ends = [out.get(timeout=600) for _ in procs]
+    if any(e[0] == "error" for e in ends):
+        raise SystemExit(f"a direct-run process failed: {ends}")
+    for p in procs:
+        p.join(30)
+    t1 = max(e[1] for e in ends)
+    cpu = sum(e[2] for e in ends)
+    return {"images_per_s": len(keys) / (t1 - t0), "cpu_ms_per_image": cpu / len(keys) * 1000}
 
 
 def latency(url: str, root: Path, keys: list[str], rate: float, pin: bool) -> dict[str, float]:
@@ -312,9 +379,7 @@ def latency(url: str, root: Path, keys: list[str], rate: float, pin: bool) -> di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=24, help="photos per throughput run")
     ap.add_argument("--overhead-jobs", type=int, default=500)
     ap.add_argument(
@@ -337,31 +402,23 @@ def main() -> None:
     over = {b: overhead(b, args.overhead_jobs, args.url) for b in ("sqlite", "rabbitmq")}
     print(f"   {'backend':10} {'round trip':>11} {'put':>8} {'get+ack':>8} {'batch':>8}")
     for b, r in over.items():
-        print(
-            f"   {b:10} {r['round_trip_ms']:11.2f} {r['put_ms']:8.2f} {r['get_ack_ms']:8.2f} "
-            f"{r['batch_ms']:8.2f}"
-        )
+        print(f"   {b:10} {r['round_trip_ms']:11.2f} {r['put_ms']:8.2f} {r['get_ack_ms']:8.2f} {r['batch_ms']:8.2f}")
     rt = over["rabbitmq"]["round_trip_ms"] - over["sqlite"]["round_trip_ms"]
     bt = over["rabbitmq"]["batch_ms"] - over["sqlite"]["batch_ms"]
     print(
-        f"   RabbitMQ minus SQLite: round trip {rt:+.2f} ms/job, batch {bt:+.2f} ms/job "
-        "(target: overhead < 5 ms/job)"
+        f"   RabbitMQ minus SQLite: round trip {rt:+.2f} ms/job, batch {bt:+.2f} ms/job (target: overhead < 5 ms/job)"
     )
 
     root = Path(tempfile.mkdtemp(prefix="fwbench-"))
     try:
         keys = make_photos(args.jobs * 2, root / "raw")
-        print(
-            f"\n2. anonymize throughput, {args.jobs} real photos per run (faces-pascal, ~500x375)"
-        )
+        print(f"\n2. anonymize throughput, {args.jobs} real photos per run (faces-pascal, ~500x375)")
         res: dict[tuple[str, int], dict[str, Any]] = {}
         batches = iter([keys[: args.jobs], keys[args.jobs :]])
         for backend in ("sqlite", "rabbitmq"):
             batch = next(batches)
             for w in (1, 2):
-                res[(backend, w)] = r = throughput(
-                    backend, w, args.url, root, batch, not args.no_pin
-                )
+                res[(backend, w)] = r = throughput(backend, w, args.url, root, batch, not args.no_pin)
                 print(
                     f"   {backend:9} workers={w}: {r['images_per_s']:6.2f} images/s "
                     f"({r['cpu_ms_per_image']:.0f} ms CPU/image, each worker got "
@@ -376,10 +433,17 @@ def main() -> None:
                 f"image 2 workers vs 1: {1 / per_cpu:.2f}x (1.00 = no per-job cost added by "
                 "a second worker; a CPU share under 100% = cores taken by other work)"
             )
+        d1 = direct(1, args.url, root, keys[: args.jobs], not args.no_pin)
+        d2 = direct(2, args.url, root, keys[args.jobs :], not args.no_pin)
+        print(
+            f"   control, no queue (pipeline called directly): 1 process {d1['images_per_s']:.2f}"
+            f" images/s ({d1['cpu_ms_per_image']:.0f} ms CPU/image), 2 processes "
+            f"{d2['images_per_s']:.2f} images/s ({d2['cpu_ms_per_image']:.0f} ms CPU/image); "
+            f"scaling efficiency {d2['images_per_s'] / (2 * d1['images_per_s']):.2f}"
+        )
         rate = 0.6 * res[("rabbitmq", 2)]["images_per_s"]
         print(
-            f"\n3. event-to-result latency, RabbitMQ, 2 workers, paced at {rate:.2f} jobs/s "
-            "(60% of measured capacity)"
+            f"\n3. event-to-result latency, RabbitMQ, 2 workers, paced at {rate:.2f} jobs/s (60% of measured capacity)"
         )
         lat = latency(
             args.url,

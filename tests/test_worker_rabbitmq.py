@@ -128,9 +128,7 @@ def wait_done(
     pytest.fail("jobs not finished in time:\n" + "\n".join(p.read_text()[-2000:] for p in logs))
 
 
-def test_two_worker_hosts_share_the_queue_and_do_each_job_once(
-    rabbit_cfg, tmp_path, data_dir, models_dir
-):
+def test_two_worker_hosts_share_the_queue_and_do_each_job_once(rabbit_cfg, tmp_path, data_dir, models_dir):
     config = write_config(tmp_path, rabbit_cfg, models_dir)
     raw = LocalStore("raw", tmp_path / "raw")
     photos = sorted((data_dir / "faces-pascal").glob("*.jpg"))[:6]
@@ -142,9 +140,10 @@ def test_two_worker_hosts_share_the_queue_and_do_each_job_once(
         queue.put(job)
         jobs.append(job)
     logs = [tmp_path / "host1.log", tmp_path / "host2.log"]
+    audit = AuditLog(tmp_path / "state")
+    audit.count()  # create the db first: see the AuditLog first-open race in the report
     hosts = [start_host(config, log) for log in logs]
     try:
-        audit = AuditLog(tmp_path / "state")
         wait_done(audit, jobs, hosts, logs)
     finally:
         for h in hosts:
@@ -168,9 +167,7 @@ def queue_is_empty(cfg) -> bool:
         q.close()
 
 
-def test_worker_killed_mid_job_is_redelivered_and_result_written_once(
-    rabbit_cfg, tmp_path, face_photo, models_dir
-):
+def test_worker_killed_mid_job_is_redelivered_and_result_written_once(rabbit_cfg, tmp_path, face_photo, models_dir):
     config = write_config(tmp_path, rabbit_cfg, models_dir)
     raw = LocalStore("raw", tmp_path / "raw")
     # A large real photo so that the job is surely still running when the worker is killed.
