@@ -90,6 +90,9 @@ class Daemon:
         count = self.settings.workers.resolved_count()
         if self.workers_override is not None:  # `--workers 0`: dedicated worker hosts do the work
             count = self.workers_override
+        from facewarden.daemon import metrics
+
+        metrics.configure(self.settings.state_dir, fresh=True)  # before worker processes spawn
         if count > 0:
             self.pool = WorkerPool(self.settings, self.queue, count)
             self.pool.start()

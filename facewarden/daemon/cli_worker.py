@@ -91,7 +91,7 @@ def run_worker_host(
     stop = stop or threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("worker_host.signal", signal=signal.Signals(signum).name)
+        # No logging here: a signal handler that logs can deadlock on the log lock.
         stop.set()
 
     if threading.current_thread() is threading.main_thread():

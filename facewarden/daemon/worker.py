@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 
 import structlog
 
 from facewarden.config.schema import Settings
+from facewarden.daemon import metrics, results
 from facewarden.daemon.pipeline import Outcome, Pipeline
 from facewarden.daemon.queues.base import Lease, Queue
 from facewarden.errors import FacewardenError, ProcessingFailed
@@ -28,9 +30,21 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return min(cap, base * (2 ** max(0, attempt - 1))) * (0.5 + random.random() / 2)
 
 
+def _finished(settings: Settings, lease: Lease, outcome: Outcome, started: float,
+              on_outcome: Callable[[Outcome], None] | None) -> None:
+    """After the ack: metrics, the result message for whoever asked, the caller's hook."""
+    job = lease.job
+    metrics.observe_outcome(job.handler, outcome.outcome, time.monotonic() - started, job.hints.get("event_at"))
+    if not outcome.redelivered and results.wants_result(settings, job):
+        results.publish_result(settings, job, outcome)
+    if on_outcome is not None:
+        on_outcome(outcome)
+
+
 def handle_lease(pipeline: Pipeline, queue: Queue, lease: Lease, settings: Settings,
                  on_outcome: Callable[[Outcome], None] | None = None) -> Outcome | None:
     """Runs one leased job; acks only after its result and audit record are durable."""
+    started = time.monotonic()
     job = lease.job
     job.attempts = lease.delivery - 1
     max_attempts = settings.workers.max_attempts
@@ -40,6 +54,7 @@ def handle_lease(pipeline: Pipeline, queue: Queue, lease: Lease, settings: Setti
                                                 f"gave up after {max_attempts} attempts"))
         outcome = pipeline.quarantine_after_failure(job, err)
         queue.ack(lease)
+        _finished(settings, lease, outcome, started, on_outcome)
         return outcome
     try:
         outcome = pipeline.process(job)
@@ -49,11 +64,11 @@ def handle_lease(pipeline: Pipeline, queue: Queue, lease: Lease, settings: Setti
             log.warning("job.retry", job_id=job.id, code=err.code, reason=err.message,
                         attempt=lease.delivery, delay_s=round(delay, 2))
             queue.retry(lease, reason=err.as_dict(), delay=delay)
+            metrics.RETRIES.labels(reason=err.code).inc()
             return None
         outcome = pipeline.quarantine_after_failure(job, err)
     queue.ack(lease)
-    if on_outcome is not None:
-        on_outcome(outcome)
+    _finished(settings, lease, outcome, started, on_outcome)
     return outcome
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from facewarden import __version__
+from facewarden.storage.sqlite_db import connect_shared
 
 GENESIS = "0" * 64
 FINAL_OUTCOMES = ("ok", "rejected")
@@ -92,10 +93,7 @@ class AuditLog:
     def _db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", 0) != os.getpid():
-            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
+            conn = connect_shared(self.db_path, _SCHEMA)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 

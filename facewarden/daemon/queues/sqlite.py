@@ -19,6 +19,7 @@ from pathlib import Path
 
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.queues.base import Lease
+from facewarden.storage.sqlite_db import connect_shared
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,10 +52,7 @@ class SqliteQueue:
     def _db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", 0) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
+            conn = connect_shared(self.path, _SCHEMA)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 

@@ -14,7 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 from facewarden.daemon.jobs import Event
 from facewarden.errors import ConfigError
 
-Emit = Callable[[Event], None]
+#: Enqueues the event's job durably before returning; returns the job id, or None when
+#: no route took the event or it was a repeat already queued.
+Emit = Callable[[Event], str | None]
 
 
 @runtime_checkable
