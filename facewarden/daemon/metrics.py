@@ -20,6 +20,7 @@ Without ``configure`` everything works in plain single-process mode (tests, one-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -126,7 +127,13 @@ def configure(state_dir: Path | str, *, fresh: bool = False) -> Path:
             shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
         os.environ[MULTIPROC_ENV] = str(path)  # inherited by spawned worker processes
-        if not isinstance(values.ValueClass, type) or values.ValueClass.__name__ != "MmapedValue":
+        if _dir != path:
+            # A new directory (another daemon in this process, e.g. in tests): metrics made
+            # for the old one would keep writing to its files, so make them afresh.
+            for made in _made.values():
+                with contextlib.suppress(KeyError):
+                    REGISTRY.unregister(made)
+            _made.clear()
             values.ValueClass = values.MultiProcessValue()
         _dir = path
     return path
