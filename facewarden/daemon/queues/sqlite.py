@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS seen (
 
 
 class SqliteQueue:
-    def __init__(self, path: Path | str, *, poll_interval: float = 0.05):
+    def __init__(self, path: Path | str, *, poll_interval: float = 0.02):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.poll_interval = poll_interval

@@ -179,7 +179,7 @@ class FolderSource:
 
     def _loop(self) -> None:
         last_scan = time.monotonic()
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(0.02):
             self._check()
             if time.monotonic() - last_scan >= self.cfg.rescan_interval:
                 last_scan = time.monotonic()
