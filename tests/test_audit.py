@@ -28,7 +28,7 @@ def _copy_placer(folder: Path):
 
 
 def _read_copy(folder: Path):
-    def read(location: str) -> bytes | None:
+    def read(location: str, _record: dict | None = None) -> bytes | None:
         store, _, name = location.partition(":")
         assert store == "copies"
         path = folder / name

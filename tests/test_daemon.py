@@ -63,7 +63,15 @@ def test_picks_up_files_before_and_after_start_including_new_subfolders(dirs):
     verify = subprocess.run([sys.executable, "-m", "facewarden", "audit", "verify", "--config",
                              str(dirs["config"])], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "3 records" in verify.stdout
+    assert "3 records, 3 copies" in verify.stdout
+    # An auditor with only the state dir (no config): copies are found from the records' file URIs.
+    copy = dirs["outgoing"] / "a/b/after one.jpg.audit.json"
+    copy.write_text(copy.read_text().replace('"outcome": "ok"', '"outcome": "rejected"'))
+    verify = subprocess.run([sys.executable, "-m", "facewarden", "audit", "verify", "--state", str(dirs["state"])],
+                            capture_output=True, text=True)
+    assert verify.returncode == 1
+    assert "3 copies beside results checked" in verify.stdout
+    assert "differs from the log (altered)" in verify.stdout
 
 
 def test_redropping_identical_bytes_is_recorded_as_duplicate_not_reprocessed(dirs):

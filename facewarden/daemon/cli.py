@@ -207,11 +207,15 @@ def audit_verify(state: Path | None, config: Path | None, roots: tuple[str, ...]
         stores[name] = LocalStore(name, Path(root))
     log = AuditLog(settings.state_dir)
 
-    def read_copy(location: str) -> bytes | None:
+    def read_copy(location: str, record: dict) -> bytes | None:
         name, _, key = location.partition(":")
         store = stores.get(name)
         if store is None:
-            return None
+            # A store named only by flags at run time: the record's own file URI says where.
+            path = _copy_path_from_record(record)
+            if path is None:
+                return None
+            return path.read_bytes() if path.exists() else b"missing"
         try:
             return store.get(key)
         except FileNotFoundError:
@@ -226,6 +230,16 @@ def audit_verify(state: Path | None, config: Path | None, roots: tuple[str, ...]
     click.echo(f"{status}: {report.records} records, {report.copies_checked} copies beside results checked, "
                f"{len(report.problems)} problem(s)")
     sys.exit(0 if report.ok else 1)
+
+
+def _copy_path_from_record(record: dict) -> Path | None:
+    from urllib.parse import unquote, urlparse
+
+    outputs = record.get("outputs") or []
+    uri = outputs[0].get("uri") if outputs else (record.get("quarantine") or {}).get("uri")
+    if not uri or not uri.startswith("file://"):
+        return None
+    return Path(unquote(urlparse(uri).path) + ".audit.json")
 
 
 @audit.command("show")

@@ -192,9 +192,9 @@ class AuditLog:
         yield from self._db().execute("SELECT seq, location, record, hash FROM records ORDER BY seq")
 
     # -- verifying -------------------------------------------------------------------
-    def verify(self, read_copy: Callable[[str], bytes | None] | None = None) -> VerifyReport:
-        """Walks the whole chain. ``read_copy(location)`` returns the bytes of a copy beside
-        a result (None when its store is not reachable from here)."""
+    def verify(self, read_copy: Callable[[str, dict[str, Any]], bytes | None] | None = None) -> VerifyReport:
+        """Walks the whole chain. ``read_copy(location, record)`` returns the bytes of a copy
+        beside a result (None when its store is not reachable from here)."""
         report = VerifyReport()
         prev, expected_seq = GENESIS, 1
         for seq, location, text, stored_hash in self.iter_records():
@@ -212,7 +212,7 @@ class AuditLog:
                                        "(altered, removed or reordered)")
             prev = stored_hash
             if location and read_copy is not None:
-                data = read_copy(location)
+                data = read_copy(location, record)
                 if data is None:
                     continue
                 report.copies_checked += 1
