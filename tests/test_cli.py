@@ -122,6 +122,15 @@ def test_process_needs_inputs_and_out(tmp: Path):
     assert result.exit_code == 2 and "--out" in result.output
 
 
+def test_process_with_invalid_params_fails_once_and_touches_nothing(data_dir: Path, tmp: Path):
+    photo = sorted((data_dir / "faces-pascal").glob("*.jpg"))[0]
+    result = CliRunner().invoke(cli, ["process", str(photo), "--out", str(tmp / "out"), "--state", str(tmp / "state"),
+                                      "--param", "mode=bogus"])
+    assert result.exit_code == 2
+    assert "params.invalid" in result.output and "mode" in result.output
+    assert not (tmp / "out").exists() and not (tmp / "state" / "quarantine").exists()
+
+
 # -- models verify -----------------------------------------------------------------------
 def test_models_verify_on_a_corrupted_copy(models_dir: Path, tmp: Path):
     copy = tmp / "models"

@@ -17,9 +17,16 @@ from facewarden.config.schema import DEFAULT_IGNORE, Settings
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.pipeline import Outcome, Pipeline
 from facewarden.daemon.worker import backoff
-from facewarden.errors import FacewardenError
+from facewarden.errors import FacewardenError, InputRejected
+from facewarden.handlers import base as handlers
 from facewarden.storage.local import LocalStore
 from facewarden.storage.stores import open_stores
+
+
+class UsageError(FacewardenError):
+    """The command line itself is wrong (unknown handler, invalid params)."""
+
+    code = "usage.invalid"
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -33,6 +40,10 @@ def _walk(root: Path) -> Iterator[Path]:
 def process_paths(settings: Settings, inputs: list[Path], out: Path, handler: str, params: dict[str, Any],
                   *, echo: Callable[[str], None] = print) -> int:
     """Returns the number of inputs that did not succeed."""
+    try:  # bad params are the caller's mistake, not the inputs': say so once, touch nothing
+        handlers.get(handler).validate_params(params)
+    except InputRejected as err:
+        raise UsageError(err.code, err.message) from err
     stores = open_stores(settings.all_stores())
     stores["outgoing"] = LocalStore("outgoing", out)
     jobs: list[tuple[Path, Job]] = []
