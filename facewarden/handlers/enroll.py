@@ -1,0 +1,341 @@
+"""The ``enroll`` and ``verify`` handlers: register people from photos, check them in.
+
+Embeddings are biometric data. ``run`` puts them only in ``HandlerResult.private`` (which
+the worker never logs nor audits); outputs and facts carry boxes, quality figures, subject
+ids and distances, never a vector. ``enroll.commit`` is the one place they leave the
+handler, into the gallery, after the receipt is durable.
+
+The gallery is reached through ``ctx.services["gallery"]`` as a ``GalleryView``: handlers
+never import storage (the pipeline opens the gallery lazily on first use).
+
+Faces come from YuNet (score ≥ 0.7: the low-score detections it also makes are mostly
+background faces or false positives, which would trip the one-face rule); each face is
+aligned by dlib's 5-point predictor before it is embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import structlog
+
+from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
+from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
+from facewarden.handlers.imageio import DecodedImage, encode
+from facewarden.models.detectors import make_detector
+from facewarden.models.embedders import ALIASES, DEFAULT, make_embedder
+from facewarden.models.protocols import Embedder, Face, FaceDetector
+
+log = structlog.get_logger(__name__)
+
+DETECTOR = "yunet"
+DETECTOR_MIN_SCORE = 0.7
+#: Smallest face (box width, px) enrolment accepts: below ~60 px the embedding is noisy.
+DEFAULT_MIN_FACE = 60
+#: Variance of the Laplacian of the face resized to 160 px, below which it is too blurry to
+#: enrol. Sharp faces in identities-knn score 160-3600; a face blurred past recognition ~10.
+DEFAULT_MIN_SHARPNESS = 40.0
+#: A second face counts (face.multiple) when at least this fraction of the largest face's
+#: width; smaller ones are people far in the background, not a second subject.
+SECOND_FACE_RATIO = 0.5
+#: Verify embeds faces down to this width; smaller ones are reported unknown ("too_small").
+VERIFY_MIN_FACE = 24
+_SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+
+class GalleryView(Protocol):
+    """What the handlers need of the gallery (facewarden.storage.gallery.Gallery has it)."""
+
+    def nearest(self, backend: str, vectors: np.ndarray, *, k: int = 1,
+                exclude: str | None = None) -> list[list[Any]]:
+        """Per query vector, nearest subjects first; each item has .subject and .distance."""
+        ...
+
+    def add_embedding(self, subject: str, backend: str, vector: np.ndarray, *, photo_sha256: str,
+                      source_key: str | None = None, name: str | None = None, consent: str | None = None,
+                      retain_until: float | None = None) -> bool: ...
+
+
+def _rejected(msg: str) -> InputRejected:
+    return InputRejected("params.invalid", msg)
+
+
+def subject_from_key(key: str) -> str | None:
+    """``enroll/alice/1.jpg`` -> ``alice``: the photo's parent folder names the subject."""
+    parent = posixpath.basename(posixpath.dirname(key.replace("\\", "/")))
+    return parent if parent and _SUBJECT.match(parent) else None
+
+
+def _check_subject(value: Any) -> str:
+    if not isinstance(value, str) or not _SUBJECT.match(value):
+        raise _rejected("subject must be 1-128 characters of letters, digits, '.', '_', '-', '@', "
+                        "starting with a letter or digit")
+    return value
+
+
+def _number(params: Mapping[str, Any], key: str, default: float | None, lo: float, hi: float) -> float | None:
+    v = params.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise _rejected(f"{key} must be a number within [{lo}, {hi}]")
+    return float(v)
+
+
+def _backend(params: Mapping[str, Any]) -> str:
+    v = params.get("backend", DEFAULT)
+    if not isinstance(v, str) or v.strip().lower() not in ALIASES:
+        raise _rejected("backend must be one of dlib, facenet")
+    return ALIASES[v.strip().lower()]
+
+
+def _common(params: Mapping[str, Any] | None, known: Sequence[str], handler: str) -> Mapping[str, Any]:
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise _rejected("params must be a mapping")
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise _rejected(f"unknown param(s) for {handler}: {', '.join(map(str, unknown))}; known: {', '.join(known)}")
+    return params
+
+
+class _FaceHandler:
+    """Shared: a cached detector and embedder, and the gallery from the context."""
+
+    def _models(self, ctx: HandlerContext, backend: str) -> tuple[FaceDetector, Embedder]:
+        try:
+            det = make_detector(DETECTOR, ctx.models_dir, min_score=DETECTOR_MIN_SCORE)
+            emb = make_embedder(backend, ctx.models_dir)
+        except FacewardenError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - no model means no result
+            raise ProcessingFailed("embedder.unavailable", f"face models could not load: {exc}") from exc
+        return det, emb
+
+    def warm_up(self, ctx: HandlerContext, params: Mapping[str, Any]) -> None:
+        p = self.validate_params(params)  # type: ignore[attr-defined]
+        det, emb = self._models(ctx, p["backend"])
+        grey = np.full((200, 200, 3), 127, np.uint8)
+        det.detect(grey)
+        emb.embed(grey, [Face(50, 40, 100, 130, 1.0)])
+
+    @staticmethod
+    def _detect(det: FaceDetector, rgb: np.ndarray) -> list[Face]:
+        try:
+            faces = det.detect(rgb)
+        except FacewardenError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ProcessingFailed("detector.error", f"face detection failed: {type(exc).__name__}") from exc
+        return sorted(faces, key=lambda f: f.w * f.h, reverse=True)
+
+    @staticmethod
+    def _gallery(ctx: HandlerContext) -> GalleryView:
+        try:
+            return ctx.services["gallery"]
+        except KeyError:
+            raise ProcessingFailed("gallery.unavailable", "no gallery is configured for this worker",
+                                   retryable=False) from None
+
+
+def sharpness(rgb: np.ndarray, face: Face) -> float:
+    """Variance of the Laplacian of the face, resized to 160 px so the figure does not
+    depend on the face's size in pixels."""
+    h, w = rgb.shape[:2]
+    x0, y0 = max(0, int(face.x)), max(0, int(face.y))
+    x1, y1 = min(w, math.ceil(face.x + face.w)), min(h, math.ceil(face.y + face.h))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return 0.0
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    grey = cv2.resize(grey, (160, 160), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def _box(face: Face) -> list[int]:
+    return list(face.box)
+
+
+class EnrollHandler(_FaceHandler):
+    """Quality-gates one face per photo and, in ``commit``, adds its embedding."""
+
+    name = "enroll"
+    PARAMS = ("subject", "name", "backend", "consent", "retain_days", "min_face", "min_sharpness", "request")
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        params = _common(params, self.PARAMS, self.name)
+        out: dict[str, Any] = {"backend": _backend(params)}
+        if params.get("subject") is not None:
+            out["subject"] = _check_subject(params["subject"])
+        for key, limit in (("name", 200), ("consent", 2000), ("request", 100)):
+            v = params.get(key)
+            if v is not None:
+                if not isinstance(v, str) or len(v) > limit:
+                    raise _rejected(f"{key} must be text of at most {limit} characters")
+                out[key] = v
+        rd = _number(params, "retain_days", None, 0.0, 36500.0)
+        if rd is not None:
+            out["retain_days"] = rd
+        out["min_face"] = int(_number(params, "min_face", DEFAULT_MIN_FACE, 16, 4096))  # type: ignore[arg-type]
+        out["min_sharpness"] = _number(params, "min_sharpness", DEFAULT_MIN_SHARPNESS, 0.0, 100000.0)
+        return out
+
+    def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
+        p = self.validate_params(params)
+        det, emb = self._models(ctx, p["backend"])
+        t0 = time.perf_counter()
+        faces = self._detect(det, image.rgb)
+        if not faces:
+            raise InputRejected("face.none", "no face was found in the photo; enrol a photo showing one face")
+        main = faces[0]
+        others = [f for f in faces[1:] if f.w >= SECOND_FACE_RATIO * main.w]
+        if others:
+            raise InputRejected("face.multiple", f"the photo shows {1 + len(others)} faces; enrol a photo of "
+                                "the subject alone so the embedding cannot belong to someone else")
+        if main.w < p["min_face"]:
+            raise InputRejected("face.too_small", f"the face is {main.w:.0f} px wide, under the minimum of "
+                                f"{p['min_face']} px; use a closer or larger photo")
+        sharp = sharpness(image.rgb, main)
+        if sharp < p["min_sharpness"]:
+            raise InputRejected("face.blurry", f"the face is too blurry (sharpness {sharp:.0f}, minimum "
+                                f"{p['min_sharpness']:.0f}); use a sharper photo")
+        t1 = time.perf_counter()
+        vec = emb.embed(image.rgb, [main])[0]
+        t2 = time.perf_counter()
+        quality = {"face_width": round(main.w), "face_height": round(main.h), "detector_score": round(main.score, 3),
+                   "sharpness": round(sharp, 1), "background_faces": len(faces) - 1}
+        candidates = self._duplicates(ctx, p, emb, vec)
+        # Without a subject param the subject is only known at commit (from the folder), so
+        # only then can a match be told apart from the same person's earlier photo.
+        warnings = candidates if "subject" in p else None
+        receipt = {"kind": "enrollment", "subject": p.get("subject"), "subject_from": "param" if "subject" in p
+                   else "folder", "backend": emb.name, "box": _box(main), "quality": quality, "warnings": warnings,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        log.info("enroll.accepted", backend=emb.name, face_width=quality["face_width"],
+                 sharpness=quality["sharpness"], warnings=len(candidates))
+        return HandlerResult(
+            outputs=[Output(json.dumps(receipt, indent=2).encode(), ".json", "application/json",
+                            suffix="-enrolled")],
+            facts={"faces": len(faces), "subject": p.get("subject"), "backend": emb.name, "box": _box(main),
+                   "quality": quality, "warnings": warnings, "detect_ms": round((t1 - t0) * 1000, 1),
+                   "embed_ms": round((t2 - t1) * 1000, 1)},
+            models=[*det.model_ids(), *emb.model_ids()],
+            private={"embedding": vec, "backend": emb.name, "candidates": candidates},
+        )
+
+    def _duplicates(self, ctx: HandlerContext, p: Mapping[str, Any], emb: Embedder, vec: np.ndarray
+                    ) -> list[dict[str, Any]]:
+        """A warning, not a rejection: twins and look-alikes exist, and the person enrolling
+        may know better; the operator sees it in the receipt and the audit record."""
+        try:
+            gallery = self._gallery(ctx)
+        except ProcessingFailed:
+            return []
+        found = gallery.nearest(emb.name, vec[None, :], k=3, exclude=p.get("subject"))[0]
+        return [{"code": "face.duplicate", "other_subject": m.subject, "distance": round(m.distance, 4),
+                 "message": f"this face is within the match threshold of subject {m.subject!r}"}
+                for m in found if m.distance < emb.default_threshold]
+
+    def commit(self, result: HandlerResult, params: Mapping[str, Any], ctx: HandlerContext, *,
+               input_sha256: str, input_key: str) -> None:
+        """Adds the embedding; idempotent (same photo, subject and backend = no new row)."""
+        p = self.validate_params(params)
+        subject = p.get("subject") or subject_from_key(input_key)
+        if subject is None:
+            raise InputRejected("enroll.no_subject", "no subject: pass the subject param or put the photo in "
+                                "a folder named after the subject (enroll/<subject-id>/photo.jpg)")
+        vec = result.private.get("embedding")
+        if vec is None:
+            raise ProcessingFailed("enroll.no_embedding", "the enroll result has no embedding", retryable=False)
+        retain = time.time() + p["retain_days"] * 86400.0 if "retain_days" in p else None
+        added = self._gallery(ctx).add_embedding(subject, result.private["backend"], vec,
+                                                 photo_sha256=input_sha256, source_key=input_key,
+                                                 name=p.get("name"), consent=p.get("consent"), retain_until=retain)
+        # The pipeline puts result.facts into the audit record after commit returns.
+        result.facts["subject"] = subject
+        result.facts["warnings"] = [w for w in result.private.get("candidates", []) if w["other_subject"] != subject]
+        result.facts["added"] = added
+
+
+class VerifyHandler(_FaceHandler):
+    """Matches every face in the photo against the gallery: a check-in record."""
+
+    name = "verify"
+    PARAMS = ("backend", "threshold", "anonymize_unknown", "jpeg_quality")
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        params = _common(params, self.PARAMS, self.name)
+        out: dict[str, Any] = {"backend": _backend(params)}
+        thr = _number(params, "threshold", None, 0.0, 4.0)
+        if thr is not None:
+            out["threshold"] = thr
+        anon = params.get("anonymize_unknown", False)
+        if isinstance(anon, str) and anon.lower() in ("true", "false", "1", "0", "yes", "no"):
+            anon = anon.lower() in ("true", "1", "yes")
+        if not isinstance(anon, bool):
+            raise _rejected("anonymize_unknown must be true or false")
+        out["anonymize_unknown"] = anon
+        q = params.get("jpeg_quality", 90)
+        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
+            raise _rejected("jpeg_quality must be an integer within [1, 100]")
+        out["jpeg_quality"] = q
+        return out
+
+    def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
+        p = self.validate_params(params)
+        det, emb = self._models(ctx, p["backend"])
+        threshold = p.get("threshold", emb.default_threshold)
+        gallery = self._gallery(ctx)
+        t0 = time.perf_counter()
+        faces = self._detect(det, image.rgb)
+        usable = [f for f in faces if f.w >= VERIFY_MIN_FACE]
+        t1 = time.perf_counter()
+        vecs = emb.embed(image.rgb, usable)
+        t2 = time.perf_counter()
+        matches = gallery.nearest(emb.name, np.asarray(vecs, np.float32).reshape(len(vecs), emb.dim))
+        by_face = {id(f): m for f, m in zip(usable, matches, strict=True)}
+        records, unknown = [], []
+        for f in faces:
+            m = by_face.get(id(f))
+            best = m[0] if m else None
+            known = best is not None and best.distance < threshold
+            rec: dict[str, Any] = {"box": _box(f), "score": round(f.score, 3),
+                                   "subject": best.subject if known else "unknown",
+                                   "distance": round(best.distance, 4) if best is not None else None}
+            if id(f) not in by_face:
+                rec["note"] = "too_small"
+            records.append(rec)
+            if not known:
+                unknown.append(f)
+        checkin = {"kind": "checkin", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "backend": emb.name, "threshold": threshold, "faces": records,
+                   "known": sorted({r["subject"] for r in records if r["subject"] != "unknown"}),
+                   "unknown": len(unknown)}
+        outputs = [Output(json.dumps(checkin, indent=2).encode(), ".json", "application/json", suffix="-checkin")]
+        if p["anonymize_unknown"]:
+            from facewarden.handlers.anonymize import obscure_faces
+
+            pixels = obscure_faces(image.rgb, unknown)
+            outputs.append(Output(encode(pixels, like=image, jpeg_quality=p["jpeg_quality"]), image.extension,
+                                  image.content_type, suffix="-unknown-blurred"))
+        log.info("verify.done", faces=len(faces), known=len(checkin["known"]), unknown=len(unknown),
+                 backend=emb.name)
+        return HandlerResult(
+            outputs=outputs,
+            facts={"faces": len(faces), "known": checkin["known"], "unknown": len(unknown), "backend": emb.name,
+                   "threshold": threshold, "detect_ms": round((t1 - t0) * 1000, 1),
+                   "embed_ms": round((t2 - t1) * 1000, 1)},
+            models=[*det.model_ids(), *emb.model_ids()],
+        )
+
+
+register("enroll", EnrollHandler)
+register("verify", VerifyHandler)

@@ -1,0 +1,82 @@
+"""dlib's 128-d ResNet face embedder, aligned by dlib's 5-point shape predictor.
+
+The 5-point predictor (CC0) is used rather than the 68-point one, whose training data
+carries a non-commercial restriction. dlib's models were trained on boxes from dlib's HOG
+detector, which are square and sit lower than YuNet's tall boxes; ``dlib_rect`` maps any
+detector's box onto that geometry so the landmarks land where the predictor expects them.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from facewarden.errors import ProcessingFailed
+from facewarden.models.protocols import Face, ModelId
+from facewarden.models.registry import model_file
+
+#: Euclidean distance below which two dlib embeddings are one person. dlib's own figure is
+#: 0.6; bench/verify_pairs.py on identities-knn separates all pairs between ~0.45 and ~0.65,
+#: so 0.55 keeps false accepts away from the boundary at no false-reject cost there.
+DLIB_THRESHOLD = 0.55
+
+
+def dlib_rect(face: Face, width: int, height: int):
+    """A dlib rectangle shaped like dlib's HOG detector box for the same face."""
+    import dlib
+
+    side = 1.15 * face.w
+    cx = face.x + face.w / 2.0
+    cy = face.y + 0.57 * face.h if face.h > 1.2 * face.w else face.y + face.h / 2.0
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    return dlib.rectangle(left, top, round(left + side), round(top + side))
+
+
+class DlibEmbedder:
+    """Loads its two model files once (per process) and embeds faces of RGB images."""
+
+    name = "dlib-resnet-v1"
+    dim = 128
+    default_threshold = DLIB_THRESHOLD
+
+    def __init__(self, models_dir: Path, *, jitter: int = 0):
+        import dlib
+
+        sp_path, self._sp_id = model_file(models_dir, "dlib-shape-predictor-5")
+        rn_path, self._rn_id = model_file(models_dir, "dlib-resnet-v1")
+        self._sp = dlib.shape_predictor(str(sp_path))
+        self._net = dlib.face_recognition_model_v1(str(rn_path))
+        self.jitter = jitter
+        # dlib objects are not documented as thread-safe; the daemon may share this one.
+        self._lock = threading.Lock()
+
+    def model_ids(self) -> list[ModelId]:
+        return [self._sp_id, self._rn_id]
+
+    def shapes(self, rgb: np.ndarray, faces: list[Face]) -> list:
+        """The 5-point landmarks of each face (also used to align FaceNet crops)."""
+        h, w = rgb.shape[:2]
+        with self._lock:
+            return [self._sp(rgb, dlib_rect(f, w, h)) for f in faces]
+
+    def embed(self, rgb: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+        import dlib
+
+        if not faces:
+            return []
+        img = np.ascontiguousarray(rgb, dtype=np.uint8)
+        try:
+            shapes = self.shapes(img, faces)
+            with self._lock:
+                chips = [dlib.get_face_chip(img, s, size=150, padding=0.25) for s in shapes]
+                vecs = self._net.compute_face_descriptor(chips, self.jitter) if self.jitter \
+                    else self._net.compute_face_descriptor(chips)
+        except Exception as exc:  # noqa: BLE001 - a native failure is a processing failure
+            raise ProcessingFailed("embedder.error", f"dlib embedding failed: {type(exc).__name__}") from exc
+        return [np.asarray(v, dtype=np.float32) for v in vecs]
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Euclidean distance, broadcast: (d,) vs (n, d) gives (n,)."""
+        return np.linalg.norm(np.asarray(a, np.float32) - np.asarray(b, np.float32), axis=-1)
