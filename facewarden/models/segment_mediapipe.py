@@ -59,7 +59,8 @@ class MediaPipeSegmenter:
         if not masks:
             raise ProcessingFailed("segmenter.error", "selfie segmenter returned no mask")
         # One channel (person) for this model; with two, the last one is the person.
-        mask = np.asarray(masks[-1].numpy_view(), dtype=np.float32).reshape(small.shape[:2])
+        # Copy: the view points into MediaPipe's buffer, freed with ``result``.
+        mask = np.array(masks[-1].numpy_view(), dtype=np.float32, copy=True).reshape(small.shape[:2])
         if mask.shape != (h, w):
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
         return np.clip(mask, 0.0, 1.0)
