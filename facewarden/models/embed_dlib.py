@@ -18,8 +18,9 @@ from facewarden.models.protocols import Face, ModelId
 from facewarden.models.registry import model_file
 
 #: Euclidean distance below which two dlib embeddings are one person. dlib's own figure is
-#: 0.6; bench/verify_pairs.py on identities-knn separates all pairs between ~0.45 and ~0.65,
-#: so 0.55 keeps false accepts away from the boundary at no false-reject cost there.
+#: 0.6 (LFW). bench/verify_pairs.py on identities-knn: same person ≤ 0.48, different people
+#: (incl. PASCAL strangers) ≥ 0.64. 0.55 sits between, on the strict side, because checking
+#: in the wrong person costs more than asking for another photo.
 DLIB_THRESHOLD = 0.55
 
 

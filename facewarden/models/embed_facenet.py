@@ -20,9 +20,9 @@ from facewarden.models.embed_dlib import DlibEmbedder
 from facewarden.models.protocols import Face, ModelId
 from facewarden.models.registry import model_file
 
-#: Euclidean distance between unit embeddings below which two faces are one person
-#: (calibrated with bench/verify_pairs.py; see docs/handlers-enroll.md).
-FACENET_THRESHOLD = 1.0
+#: Euclidean distance between unit embeddings below which two faces are one person.
+#: bench/verify_pairs.py on identities-knn: same person ≤ 0.85, different people ≥ 1.03.
+FACENET_THRESHOLD = 0.95
 #: Margin around the aligned face as a fraction of dlib's chip (≈ MTCNN's 32 px on 182).
 CHIP_PADDING = 0.3
 
