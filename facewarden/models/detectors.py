@@ -9,8 +9,9 @@ Names ``make_detector`` knows:
 - ``"yunet-pyramid"``: YuNet at 1× plus one upscaled level when the image is small enough
   for the upscaled copy to fit a pixel budget (small images are where faces fall under
   YuNet's 10-px floor, and upscaling them is cheap).
-- ``"auto"`` (the default, chosen with ``bench/recall.py``): ``yunet-pyramid`` plus
-  ``mediapipe-tiled`` as a second opinion, merged by NMS. See ``AUTO_DEFAULTS``.
+- ``"auto"`` (the default, chosen with ``bench/recall.py``): YuNet at 1x plus one
+  MediaPipe full-frame pass, merged by NMS. See ``AUTO_DEFAULTS`` for why, and for the
+  extra passes (pyramid, tiles) it can switch on.
 
 A missed face is a privacy leak while a false positive is a blurred patch of wall, so the
 defaults lean to low score thresholds. Detectors are cached per process: models load once.
@@ -31,13 +32,25 @@ from facewarden.models.protocols import Face, FaceDetector, ModelId
 
 NAMES = ("auto", "yunet", "yunet-pyramid", "mediapipe", "mediapipe-tiled")
 
-#: Settings of the "auto" ensemble, picked from bench/recall.py figures (see its docstring).
+#: Settings of the "auto" ensemble, picked from bench/recall.py figures (one core, 2026-11-21):
+#:
+#: - YuNet at 1x does the work: with the handler's margin floor it covers 43/43 PASCAL faces,
+#:   43/43 on the same photos shrunk to a 12-px median face and 258/258 on 1080p canvases of
+#:   them (~310-380 ms per 1080p frame, 25 ms per 500x375 photo).
+#: - MediaPipe on the full frame costs ~3 ms and is the second opinion for what YuNet's
+#:   anchors cover worst: very large and turned faces (its 192-px input sees a close-up face
+#:   whole; it found every face on the portrait photos in ../shared/data).
+#: - The upscaled YuNet level (``max_upscale`` > 1) and MediaPipe tiles (``tile`` > 0) found
+#:   no face on any variant that the two passes above missed, while costing 4-10x the time on
+#:   small photos (a 3x level on a 500x375 photo is ~250 ms) and, for tiles, adding false
+#:   positives on portraits; they stay available for callers that want them.
 AUTO_DEFAULTS: dict[str, Any] = {
     "yunet_min_score": 0.5,
     "mediapipe_min_score": 0.5,
+    "full_frame": True,
     "pixel_budget": 2_000_000,
-    "max_upscale": 3.0,
-    "tile": 256,
+    "max_upscale": 1.0,
+    "tile": 0,
     "tile_overlap": 0.25,
     "max_tiles": 40,
 }
@@ -166,7 +179,7 @@ class EnsembleDetector:
 
 
 _OPTIONS: dict[str, set[str]] = {
-    "yunet": {"min_score", "upscale"},
+    "yunet": {"min_score", "upscale", "threads"},
     "mediapipe": {"min_score"},
     "mediapipe-tiled": {"min_score", "tile", "tile_overlap", "max_tiles"},
     "yunet-pyramid": {"min_score", "pixel_budget", "max_upscale"},
@@ -186,7 +199,7 @@ def _build(name: str, models_dir: Path, options: dict[str, Any]) -> FaceDetector
         raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(set(opts) - allowed))}")
     if name == "yunet":
         return YuNetDetector(models_dir, min_score=opts.pop("min_score", 0.5),
-                             upscale=opts.pop("upscale", 1.0))
+                             upscale=opts.pop("upscale", 1.0), threads=opts.pop("threads", 1))
     if name == "mediapipe":
         return MediaPipeDetector(models_dir, min_score=opts.pop("min_score", 0.5))
     if name == "mediapipe-tiled":
@@ -206,13 +219,17 @@ def _build(name: str, models_dir: Path, options: dict[str, Any]) -> FaceDetector
         if unknown:
             raise ValueError(f"unknown option(s) for auto: {', '.join(sorted(unknown))}")
         yunet = YuNetDetector(models_dir, min_score=cfg["yunet_min_score"])
-        pyramid = PyramidDetector(yunet, YuNetDetector, models_dir, min_score=cfg["yunet_min_score"],
-                                  pixel_budget=cfg["pixel_budget"], max_upscale=cfg["max_upscale"])
-        members: list[FaceDetector] = [pyramid]
-        if cfg["tile"]:
+        members: list[FaceDetector] = [yunet]
+        if cfg["max_upscale"] > 1.0:
+            members = [PyramidDetector(yunet, YuNetDetector, models_dir, min_score=cfg["yunet_min_score"],
+                                       pixel_budget=cfg["pixel_budget"], max_upscale=cfg["max_upscale"])]
+        if cfg["full_frame"] or cfg["tile"]:
             mp = MediaPipeDetector(models_dir, min_score=cfg["mediapipe_min_score"])
-            members.append(TiledDetector(mp, tile=cfg["tile"], overlap=cfg["tile_overlap"],
-                                         max_tiles=cfg["max_tiles"]))
+            if cfg["full_frame"]:
+                members.append(mp)
+            if cfg["tile"]:
+                members.append(TiledDetector(mp, tile=cfg["tile"], overlap=cfg["tile_overlap"],
+                                             max_tiles=cfg["max_tiles"]))
         return EnsembleDetector("auto", members)
     raise ValueError(f"unknown detector {name!r}; known: {', '.join(NAMES)}")
 

@@ -1,0 +1,86 @@
+"""Recall of each face detector backend on real photos and their hard variants.
+
+    uv run python bench/recall.py                 # all backends, 3 canvases (~1-2 min)
+    uv run python bench/recall.py --backends auto --canvases 6 --misses
+
+Prints one row per backend x variant: recall (GT faces >= 70% inside the obscuring mask, at
+the handler's default margin and shape), the share of image area obscured (the price paid in
+false positives and margins), and detection + obscuring time per image on this machine
+(single process; noisy when other work shares the 2 cores). Variants: see bench/common.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import COVER, REPO, covered, fmt_table, score_masks, variants
+from facewarden.handlers.anonymize import DEFAULT_MARGIN, face_mask, obscure_faces
+from facewarden.models.detectors import make_detector
+
+BACKENDS = ("yunet", "yunet-pyramid", "mediapipe", "mediapipe-tiled", "auto")
+
+
+def run_backend(name: str, samples, models_dir: Path, margin: float, shape: str, options: dict):
+    det = make_detector(name, models_dir, **options)
+    det.detect(np.full((256, 256, 3), 127, np.uint8))  # warm-up outside the timing
+    masks, times = [], []
+    for s in samples:
+        t0 = time.perf_counter()
+        faces = det.detect(s.rgb)
+        obscure_faces(s.rgb, faces, margin=margin, shape=shape)
+        times.append(time.perf_counter() - t0)
+        masks.append(face_mask(*s.rgb.shape[:2], faces, shape=shape, margin=margin))
+    return masks, times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--variants", default="pascal,shrunk,canvas")
+    ap.add_argument("--canvases", type=int, default=3, help="1920x1080 canvases in the canvas variant")
+    ap.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    ap.add_argument("--shape", default="ellipse")
+    ap.add_argument("--min-score", type=float, default=None, help="override every backend's default")
+    ap.add_argument("--opts", default="{}", help='extra detector options as JSON, e.g. \'{"tile": 256}\'')
+    ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    ap.add_argument("--misses", action="store_true", help="list the GT boxes each backend missed")
+    args = ap.parse_args(argv)
+
+    data = variants(args.canvases)
+    wanted = args.variants.split(",")
+    options = {} if args.min_score is None else {"min_score": args.min_score}
+    options.update(json.loads(args.opts))
+    print("faces per variant: " + ", ".join(f"{v}={sum(len(s.boxes) for s in data[v])} in {len(data[v])} images"
+                                            for v in wanted))
+    print(f"margin={args.margin} shape={args.shape} cover>={COVER} options={options or 'defaults'}\n")
+    rows = []
+    for b in args.backends.split(","):
+        for v in wanted:
+            masks, times = run_backend(b, data[v], args.models_dir, args.margin, args.shape, options)
+            found, total, area = score_masks(data[v], masks)
+            ms = np.array(times) * 1000
+            rows.append([b, v, f"{found / total:.3f}", f"{found}/{total}", f"{area:.3f}",
+                         f"{ms.mean():.0f}", f"{np.percentile(ms, 95):.0f}"])
+            if args.misses:
+                for s, m in zip(data[v], masks, strict=True):
+                    for box in s.boxes:
+                        c = covered(m, box)
+                        if c < COVER:
+                            print(f"  miss {b}/{v} {s.name} box={tuple(round(t) for t in box)} covered={c:.2f}")
+            print(fmt_table(["backend", "variant", "recall", "found", "area", "ms/img", "p95 ms"], rows[-1:])
+                  .splitlines()[-1], flush=True)
+    print()
+    print(fmt_table(["backend", "variant", "recall", "found", "area", "ms/img", "p95 ms"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
