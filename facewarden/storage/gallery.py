@@ -148,7 +148,7 @@ class Gallery:
         self.path = self.dir / "gallery.db"
         self._local = threading.local()
         self._sealer = _Sealer(key)
-        self._cache: dict[str, tuple[int, np.ndarray, np.ndarray, list[str]]] = {}
+        self._cache: dict[str, tuple[int, np.ndarray, np.ndarray, list[str], np.ndarray]] = {}
         self._cache_lock = threading.Lock()
         self._pid = os.getpid()
         self._check_key()
@@ -339,29 +339,31 @@ class Gallery:
             return self._db().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         return self._db().execute("SELECT COUNT(*) FROM embeddings WHERE backend = ?", (backend,)).fetchone()[0]
 
-    def _matrix(self, backend: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(vectors sorted by subject, start index of each subject's run, subject ids)."""
+    def _matrix(self, backend: str) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+        """(vectors sorted by subject, start index of each subject's run, subject ids,
+        squared row norms: computed once per load, not per query)."""
         gen = int(self._meta("generation") or 0)
         with self._cache_lock:
             hit = self._cache.get(backend)
             if hit is not None and hit[0] == gen:
-                return hit[1], hit[2], hit[3]
+                return hit[1], hit[2], hit[3], hit[4]
         rows = self._db().execute("SELECT subject, vector, photo_sha256 FROM embeddings WHERE backend = ? "
                                   "ORDER BY subject, id", (backend,)).fetchall()
         vecs = [np.frombuffer(self._sealer.open(b, self._vec_aad(s, backend, sha)), dtype=np.float32)
                 for s, b, sha in rows]
         subjects = [r[0] for r in rows]
         mat, starts, ids = _runs(subjects, vecs)
+        norms = np.einsum("ij,ij->i", mat, mat)
         with self._cache_lock:
-            self._cache[backend] = (gen, mat, starts, ids)
-        return mat, starts, ids
+            self._cache[backend] = (gen, mat, starts, ids, norms)
+        return mat, starts, ids, norms
 
     def nearest(self, backend: str, vectors: np.ndarray, *, k: int = 1,
                 exclude: str | None = None) -> list[list[Match]]:
         """For each query vector, the ``k`` nearest subjects (a subject's distance is that of
         its nearest embedding), Euclidean, nearest first; empty lists on an empty gallery."""
-        mat, starts, ids = self._matrix(backend)
-        return search_matrix(mat, starts, ids, vectors, k=k, exclude=exclude)
+        mat, starts, ids, norms = self._matrix(backend)
+        return search_matrix(mat, starts, ids, vectors, k=k, exclude=exclude, norms=norms)
 
 
 def _runs(subjects: list[str], vecs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -384,7 +386,7 @@ def build_index(subjects: list[str], mat: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def search_matrix(mat: np.ndarray, starts: np.ndarray, ids: list[str], vectors: np.ndarray, *, k: int = 1,
-                  exclude: str | None = None) -> list[list[Match]]:
+                  exclude: str | None = None, norms: np.ndarray | None = None) -> list[list[Match]]:
     """Vectorised nearest-subject search: squared distances by one matrix product, then the
     per-subject minimum by ``np.minimum.reduceat`` over the subject-sorted rows."""
     q = np.atleast_2d(np.asarray(vectors, np.float32))
@@ -392,8 +394,12 @@ def search_matrix(mat: np.ndarray, starts: np.ndarray, ids: list[str], vectors: 
         return [[] for _ in range(q.shape[0])]
     if q.shape[1] != mat.shape[1]:
         raise GalleryError("gallery.dim_mismatch", f"query has {q.shape[1]} dimensions, gallery {mat.shape[1]}")
-    sq = (np.einsum("ij,ij->i", mat, mat)[None, :] + np.einsum("ij,ij->i", q, q)[:, None]
-          - 2.0 * (q @ mat.T))
+    if norms is None:
+        norms = np.einsum("ij,ij->i", mat, mat)
+    sq = q @ mat.T
+    sq *= -2.0
+    sq += norms[None, :]
+    sq += np.einsum("ij,ij->i", q, q)[:, None]
     per_subject = np.minimum.reduceat(sq, starts, axis=1)
     if exclude is not None and exclude in ids:
         per_subject[:, ids.index(exclude)] = np.inf
