@@ -60,7 +60,8 @@ def subjects() -> None:
 @click.option("--name", help="Display name (encrypted at rest when the gallery is).")
 @click.option("--consent", help="Consent text or reference, stored with the subject.")
 @click.option("--retain-days", type=click.FloatRange(min=0), help="Purge the subject this many days from now.")
-@click.option("--backend", type=click.Choice(["dlib", "facenet"]), default="dlib", show_default=True)
+@click.option("--backend", type=click.Choice(["dlib", "facenet"]), default="dlib", show_default=True,
+              help="Embedding backend (verify must use the same one).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the enrolment receipts and their audit copies. Default: STATE/enroll-receipts.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), help=MODELS_HELP)
