@@ -7,22 +7,27 @@ Prints one row per backend x variant: recall (GT faces >= 70% inside the obscuri
 the handler's default margin and shape), the share of image area obscured (the price paid in
 false positives and margins), and detection + obscuring time per image on this machine
 (single process; noisy when other work shares the 2 cores). Variants: see bench/common.py.
+A last table times the whole anonymize handler per image (decode, detect, obscure, encode).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import COVER, REPO, covered, fmt_table, score_masks, variants
-from facewarden.handlers.anonymize import DEFAULT_MARGIN, face_mask, obscure_faces
+from facewarden.handlers.anonymize import DEFAULT_MARGIN, AnonymizeHandler, face_mask, obscure_faces
+from facewarden.handlers.base import HandlerContext
+from facewarden.handlers.imageio import decode
 from facewarden.models.detectors import make_detector
 
 BACKENDS = ("yunet", "yunet-pyramid", "mediapipe", "mediapipe-tiled", "auto")
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opts", default="{}", help='extra detector options as JSON, e.g. \'{"tile": 256}\'')
     ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
     ap.add_argument("--misses", action="store_true", help="list the GT boxes each backend missed")
+    ap.add_argument("--no-handler", action="store_true", help="skip the handler latency table")
+    ap.add_argument("--repeat", type=int, default=2, help="passes over each variant for handler latency")
     args = ap.parse_args(argv)
 
     data = variants(args.canvases)
@@ -79,7 +86,40 @@ def main(argv: list[str] | None = None) -> int:
                   .splitlines()[-1], flush=True)
     print()
     print(fmt_table(["backend", "variant", "recall", "found", "area", "ms/img", "p95 ms"], rows))
+    if not args.no_handler:
+        print("\nanonymize handler, default params, whole job per image: decode JPEG + detect + obscure"
+              " + encode (the daemon's CPU share of a job; no store I/O)")
+        print(fmt_table(["variant", "images", "p50 ms", "p95 ms", "max ms"], handler_latency(data, wanted, args)))
     return 0
+
+
+def handler_latency(data, wanted: list[str], args) -> list[list[str]]:
+    import logging
+
+    import structlog
+
+    # One info line per image would drown the table.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    handler = AnonymizeHandler()
+    params = handler.validate_params({})
+    ctx = HandlerContext(models_dir=args.models_dir)
+    handler.warm_up(ctx, params)
+    rows = []
+    for v in wanted:
+        blobs = []
+        for s in data[v]:
+            buf = io.BytesIO()
+            Image.fromarray(s.rgb).save(buf, "JPEG", quality=92)
+            blobs.append(buf.getvalue())
+        ms = []
+        for _ in range(args.repeat):
+            for blob in blobs:
+                t0 = time.perf_counter()
+                handler.run(decode(blob), params, ctx)
+                ms.append((time.perf_counter() - t0) * 1000)
+        rows.append([v, str(len(ms)), f"{np.percentile(ms, 50):.0f}", f"{np.percentile(ms, 95):.0f}",
+                     f"{max(ms):.0f}"])
+    return rows
 
 
 if __name__ == "__main__":
