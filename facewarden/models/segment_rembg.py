@@ -20,8 +20,10 @@ from facewarden.errors import ProcessingFailed
 from facewarden.models.protocols import ModelId
 from facewarden.models.registry import model_file
 
-#: u2netp sees 320x320 whatever we pass; feeding it more only costs resize time.
-_FEED_SIDE = 512
+#: u2netp's input size (what rembg feeds it), and rembg's normalisation constants.
+_MODEL_SIDE = 320
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def _import_rembg(models_dir: Path, model_path: Path):
@@ -60,24 +62,26 @@ class RembgSegmenter:
                                               providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
             raise ProcessingFailed("segmenter.load", f"could not load u2netp: {exc}", retryable=False) from exc
+        self._input = self._session.inner_session.get_inputs()[0].name
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[ModelId]:
         return [self._model_id]
 
     def segment(self, rgb: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
+        # rembg's own ``predict`` does the same maths through PIL (LANCZOS both ways, uint8
+        # round trip); doing it with cv2 on float keeps the soft values and saves ~30 ms.
         h, w = rgb.shape[:2]
-        scale = min(1.0, _FEED_SIDE / max(h, w))
-        small = rgb if scale >= 1.0 else cv2.resize(
-            rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(rgb, (_MODEL_SIDE, _MODEL_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+        small /= max(float(small.max()), 1e-6)
+        small = (small - _MEAN) / _STD
+        feed = {self._input: np.ascontiguousarray(small.transpose(2, 0, 1)[None])}
         try:
             with self._lock:
-                mask_im = self._session.predict(Image.fromarray(small))[0]
+                pred = self._session.inner_session.run(None, feed)[0][0, 0]
         except Exception as exc:  # noqa: BLE001
             raise ProcessingFailed("segmenter.error", f"u2netp failed: {type(exc).__name__}") from exc
-        mask = np.asarray(mask_im, dtype=np.float32) / 255.0
-        if mask.shape != (h, w):
-            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+        lo, hi = float(pred.min()), float(pred.max())
+        mask = ((pred - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
         return np.clip(mask, 0.0, 1.0)
