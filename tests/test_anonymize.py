@@ -37,7 +37,9 @@ def _gt(name: str) -> list[tuple[int, int, int, int]]:
 
 
 def _run(data: bytes, **params):
-    h = base.get("anonymize")
+    # A fresh handler, not the registry's: the registry imports every handler module, and an
+    # unrelated one being broken must not fail these tests (one test below covers the registry).
+    h = AnonymizeHandler()
     p = h.validate_params(params)
     image = decode(data)
     return image, h.run(image, p, CTX)
@@ -183,6 +185,12 @@ def test_detector_that_cannot_be_built_fails_closed():
     image = decode((PASCAL / "2008_004176.jpg").read_bytes())
     with pytest.raises(ProcessingFailed, match=r"detector\.unavailable"):
         h.run(image, h.validate_params({}), CTX)
+
+
+def test_registered_under_its_name():
+    h = base.get("anonymize")
+    assert isinstance(h, AnonymizeHandler) and h.name == "anonymize"
+    assert base.get("anonymize") is h  # one instance per process: models load once
 
 
 def test_params_are_normalised_and_defaulted():
