@@ -231,3 +231,23 @@ def test_subjects_cli_add_list_export_delete_leaves_a_tombstone(knn: Path, model
     vec = np.asarray(exported["embeddings"][0]["vector"], np.float32).tobytes()
     raw = b"".join(p.read_bytes() for p in state.glob("gallery.db*"))
     assert vec[:16] not in raw
+
+
+def test_facenet_backend_with_mtcnn_crops_names_every_known_face(knn: Path, models_dir: Path, tmp: Path) -> None:
+    """The second backend end to end: FaceNet on O-Net-refined crops, its own threshold,
+    its own rows in the gallery (a dlib query never sees them)."""
+    gallery = Gallery(tmp / "facenet")
+    ctx = HandlerContext(models_dir=models_dir, services={"gallery": gallery})
+    for photo in sorted((knn / "train").glob("*/*")):
+        result = _enroll(ctx, photo, {"backend": "facenet"}, f"enroll/{photo.parent.name}/{photo.name}")
+        assert result.facts["backend"] == "facenet-20180408" and result.facts["added"] is True
+    assert gallery.count("facenet-20180408") == 9 and gallery.count("dlib-resnet-v1") == 0
+    for name, people in EXPECTED.items():
+        checkin, _ = _verify(ctx, knn / "test" / name, backend="facenet")
+        named = sorted(f["subject"] for f in checkin["faces"] if f["subject"] != "unknown")
+        assert named == sorted(people), (name, checkin["faces"])
+        assert checkin["threshold"] == 0.95
+    checkin, _ = _verify(ctx, knn / "test" / "obama_and_biden.jpg", backend="facenet")
+    assert checkin["unknown"] == 1
+    dlib_view, _ = _verify(ctx, knn / "test" / "obama1.jpg")  # default backend: no rows yet
+    assert [f["subject"] for f in dlib_view["faces"]] == ["unknown"]

@@ -26,15 +26,13 @@ def make_embedder(name: str, models_dir: Path) -> Embedder:
     with _LOCK:
         emb = _CACHE.get(key)
         if emb is None:
-            from facewarden.models.embed_dlib import DlibEmbedder
-
-            dlib_emb = _CACHE.get(("dlib", key[1]))
-            if dlib_emb is None:
-                dlib_emb = _CACHE[("dlib", key[1])] = DlibEmbedder(Path(models_dir))
             if backend == "dlib":
-                emb = dlib_emb
+                from facewarden.models.embed_dlib import DlibEmbedder
+
+                emb = DlibEmbedder(Path(models_dir))
             else:
                 from facewarden.models.embed_facenet import FaceNetEmbedder
 
-                emb = _CACHE[key] = FaceNetEmbedder(Path(models_dir), aligner=dlib_emb)  # type: ignore[arg-type]
+                emb = FaceNetEmbedder(Path(models_dir))
+            _CACHE[key] = emb
         return emb
