@@ -113,9 +113,10 @@ def canvases(shrunk: list[Sample], n: int = 3, size: tuple[int, int] = CANVAS_SI
     return out
 
 
-def variants(n_canvas: int = 3) -> dict[str, list[Sample]]:
+def variants(n_canvas: int = 3, face_px: float = SHRUNK_MEDIAN_FACE) -> dict[str, list[Sample]]:
+    """``face_px`` moves the shrunk/canvas median face size, to see how much headroom there is."""
     pascal = load_pascal()
-    small = shrink(pascal)
+    small = shrink(pascal, face_px)
     return {"pascal": pascal, "shrunk": small, "canvas": canvases(small, n_canvas)}
 
 

@@ -57,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opts", default="{}", help='extra detector options as JSON, e.g. \'{"tile": 256}\'')
     ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
     ap.add_argument("--misses", action="store_true", help="list the GT boxes each backend missed")
+    ap.add_argument("--face-px", type=float, default=None,
+                    help="median face of the shrunk/canvas variants (default 12; try 10 or 8 for headroom)")
     ap.add_argument("--no-handler", action="store_true", help="skip the handler latency table")
     ap.add_argument("--repeat", type=int, default=2, help="passes over each variant for handler latency")
     args = ap.parse_args(argv)
 
-    data = variants(args.canvases)
+    data = variants(args.canvases) if args.face_px is None else variants(args.canvases, args.face_px)
     wanted = args.variants.split(",")
     options = {} if args.min_score is None else {"min_score": args.min_score}
     options.update(json.loads(args.opts))
