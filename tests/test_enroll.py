@@ -112,6 +112,16 @@ def test_anonymize_unknown_obscures_only_the_stranger(enrolled, knn: Path) -> No
             assert change(f["box"]) > 8.0  # blurred
         else:
             assert change(f["box"]) < 3.0  # only JPEG re-encoding noise
+    # Detections too uncertain to match or list (a tiny background face here) are still
+    # obscured: the anonymized copy fails closed.
+    from facewarden.handlers.enroll import ANONYMIZE_MIN_SCORE, DETECTOR_MIN_SCORE
+    from facewarden.models.detectors import make_detector
+
+    every = make_detector("yunet", ctx.models_dir, min_score=ANONYMIZE_MIN_SCORE).detect(before.astype(np.uint8))
+    uncertain = [f for f in every if f.score < DETECTOR_MIN_SCORE]
+    assert uncertain and result.facts["obscured"] == checkin["unknown"] + len(uncertain)
+    for f in uncertain:
+        assert change(f.box) > 8.0
 
 
 def test_enrolment_rejects_no_face_two_faces_small_and_blurry(enrolled, knn: Path, tmp: Path) -> None:

@@ -48,6 +48,10 @@ DEFAULT_MIN_SHARPNESS = 40.0
 SECOND_FACE_RATIO = 0.5
 #: Verify embeds faces down to this width; smaller ones are reported unknown ("too_small").
 VERIFY_MIN_FACE = 24
+#: With anonymize_unknown, detections down to this score (the anonymize handler's default)
+#: are obscured too, though too uncertain to be matched or listed: the copy fails closed.
+ANONYMIZE_MIN_SCORE = 0.5
+ANONYMIZE_MODES = ("blur", "pixelate", "fill")
 _SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
 
@@ -269,7 +273,7 @@ class VerifyHandler(_FaceHandler):
     """Matches every face in the photo against the gallery: a check-in record."""
 
     name = "verify"
-    PARAMS = ("backend", "threshold", "anonymize_unknown", "jpeg_quality")
+    PARAMS = ("backend", "threshold", "anonymize_unknown", "anonymize_mode", "jpeg_quality")
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         params = _common(params, self.PARAMS, self.name)
@@ -283,6 +287,10 @@ class VerifyHandler(_FaceHandler):
         if not isinstance(anon, bool):
             raise _rejected("anonymize_unknown must be true or false")
         out["anonymize_unknown"] = anon
+        mode = params.get("anonymize_mode", "blur")
+        if mode not in ANONYMIZE_MODES:
+            raise _rejected(f"anonymize_mode must be one of {', '.join(ANONYMIZE_MODES)}")
+        out["anonymize_mode"] = mode
         q = params.get("jpeg_quality", 90)
         if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
             raise _rejected("jpeg_quality must be an integer within [1, 100]")
@@ -295,7 +303,14 @@ class VerifyHandler(_FaceHandler):
         threshold = p.get("threshold", emb.default_threshold)
         gallery = self._gallery(ctx)
         t0 = time.perf_counter()
-        faces = self._detect(det, image.rgb)
+        if p["anonymize_unknown"]:
+            # One detection pass at the lower score; the confident faces are the record's.
+            wide = make_detector(DETECTOR, ctx.models_dir, min_score=ANONYMIZE_MIN_SCORE)
+            every = self._detect(wide, image.rgb)
+            faces = [f for f in every if f.score >= DETECTOR_MIN_SCORE]
+            uncertain = [f for f in every if f.score < DETECTOR_MIN_SCORE]
+        else:
+            faces, uncertain = self._detect(det, image.rgb), []
         usable = [f for f in faces if f.w >= VERIFY_MIN_FACE]
         t1 = time.perf_counter()
         vecs = emb.embed(image.rgb, usable)
@@ -323,7 +338,7 @@ class VerifyHandler(_FaceHandler):
         if p["anonymize_unknown"]:
             from facewarden.handlers.anonymize import obscure_faces
 
-            pixels = obscure_faces(image.rgb, unknown)
+            pixels = obscure_faces(image.rgb, [*unknown, *uncertain], mode=p["anonymize_mode"])
             outputs.append(Output(encode(pixels, like=image, jpeg_quality=p["jpeg_quality"]), image.extension,
                                   image.content_type, suffix="-unknown-blurred"))
         log.info("verify.done", faces=len(faces), known=len(checkin["known"]), unknown=len(unknown),
@@ -331,7 +346,8 @@ class VerifyHandler(_FaceHandler):
         return HandlerResult(
             outputs=outputs,
             facts={"faces": len(faces), "known": checkin["known"], "unknown": len(unknown), "backend": emb.name,
-                   "threshold": threshold, "detect_ms": round((t1 - t0) * 1000, 1),
+                   "threshold": threshold, "obscured": len(unknown) + len(uncertain) if p["anonymize_unknown"]
+                   else 0, "detect_ms": round((t1 - t0) * 1000, 1),
                    "embed_ms": round((t2 - t1) * 1000, 1)},
             models=[*det.model_ids(), *emb.model_ids()],
         )
