@@ -243,6 +243,7 @@ def test_subjects_cli_add_list_export_delete_leaves_a_tombstone(knn: Path, model
     assert vec[:16] not in raw
 
 
+@pytest.mark.slow
 def test_facenet_backend_with_mtcnn_crops_names_every_known_face(knn: Path, models_dir: Path, tmp: Path) -> None:
     """The second backend end to end: FaceNet on O-Net-refined crops, its own threshold,
     its own rows in the gallery (a dlib query never sees them)."""
