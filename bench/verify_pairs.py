@@ -18,6 +18,11 @@ Latency: each face embedded alone (the per-face cost the handler pays), repeated
 is timed separately, per photo. Figures taken while other work runs are noisy.
 
     uv run python bench/verify_pairs.py [--backends dlib,facenet] [--repeat 5]
+
+For a strict one-core figure pin the process as well:
+``OMP_NUM_THREADS=1 taskset -c 0 uv run python bench/verify_pairs.py``. The thresholds
+were chosen on these same faces (there is no held-out set this small), so the accuracy
+figures say the margin exists, not what it is on a large population.
 """
 
 from __future__ import annotations
