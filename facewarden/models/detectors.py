@@ -45,8 +45,9 @@ NAMES = ("auto", "yunet", "yunet-pyramid", "mediapipe", "mediapipe-tiled")
 #:   small photos (a 3x level on a 500x375 photo is ~250 ms) and, for tiles, adding false
 #:   positives on portraits; they stay available for callers that want them.
 AUTO_DEFAULTS: dict[str, Any] = {
-    "yunet_min_score": 0.5,
-    "mediapipe_min_score": 0.5,
+    # Same as the anonymize handler's default min_score (see DEFAULT_MIN_SCORE there).
+    "yunet_min_score": 0.3,
+    "mediapipe_min_score": 0.3,
     "full_frame": True,
     "pixel_budget": 2_000_000,
     "max_upscale": 1.0,
