@@ -35,6 +35,9 @@ DETECT_SIDE = 640  # YuNet finds portrait faces reliably at this size, ~4x faste
 MAX_ROLL_DEG = 30.0
 MAX_YAW = 0.30  # nose offset from the eye midpoint, in inter-eye distances
 SECOND_FACE_RATIO = 0.35  # faces smaller than this x the main face are background noise
+#: A second face must be this sure to reject the photo: YuNet reports big low-score boxes
+#: on busy backgrounds (a painting behind a portrait scores 0.6-0.7), real faces ~0.9.
+SECOND_FACE_SCORE = 0.8
 
 REASONS = {
     "idphoto.no_face": "No face was found. Use a photo where the person faces the camera, well lit.",
@@ -156,7 +159,7 @@ def find_one_face(rgb: np.ndarray, detector) -> Face:
     if not faces:
         raise _reject("idphoto.no_face")
     main = faces[0]
-    others = [f for f in faces[1:] if f.w >= SECOND_FACE_RATIO * main.w]
+    others = [f for f in faces[1:] if f.w >= SECOND_FACE_RATIO * main.w and f.score >= SECOND_FACE_SCORE]
     if others:
         raise _reject("idphoto.multiple_faces", f"{1 + len(others)} faces found")
     return Face(main.x / s, main.y / s, main.w / s, main.h / s, main.score)
