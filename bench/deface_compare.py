@@ -18,7 +18,7 @@ What is compared, like with like:
   after a warm-up, each side pinned to the same single CPU core by default (the daemon runs
   one worker per core). Numbers are noisy when other processes share the machine.
 - Masks differ in size by default: deface grows its box by 1.3x mask scale (0.3 of the box
-  per side), we by ``DEFAULT_MARGIN`` (0.2 per side, >= 4 px). So the table also shows each
+  per side), we by ``DEFAULT_MARGIN`` (0.2 per side, >= 5 px). So the table also shows each
   side at the other's margin, computed from the same detections, and the obscured-area share
   of every row.
 """
