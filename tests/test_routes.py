@@ -63,7 +63,8 @@ def test_routes_pick_handler_params_and_prefixes(tmp_path: Path, data_dir: Path,
     assert np.abs(corner - [67, 142, 219]).max() <= 4
     assert idp.record["params"]["background"] == "#438edb"  # "blue", normalised: equal meaning, equal key
     record = json.loads((tmp_path / "out" / "idphoto" / "clerk 1.jpg.audit.json").read_text())
-    assert record["outputs"][0]["sha256"] == hashlib.sha256((tmp_path / "out/idphoto/clerk 1.jpg").read_bytes()).hexdigest()
+    written = (tmp_path / "out" / "idphoto" / "clerk 1.jpg").read_bytes()
+    assert record["outputs"][0]["sha256"] == hashlib.sha256(written).hexdigest()
 
     anon = outcomes["anonymize/party.jpg"]
     assert anon.outcome == "ok" and anon.outputs == ["public/party.jpg"]
