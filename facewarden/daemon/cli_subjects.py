@@ -77,15 +77,18 @@ def add(subject_id: str, images: tuple[Path, ...], name: str | None, consent: st
     try:
         settings = _settings(config, state, models_dir, key_file)
         configure_logging(settings.log.format, "warning")
-        _gallery(settings)  # a locked gallery fails here, before any photo is read
+        gallery = _gallery(settings)  # a locked gallery fails here, before any photo is read
         # A fresh request id per invocation: the pipeline skips an input it has already
         # processed with equal params, which would make re-enrolment after deletion a no-op.
-        params = {"subject": subject_id, "backend": backend, "request": uuid.uuid4().hex}
-        for key, value in (("name", name), ("consent", consent), ("retain_days", retain_days)):
-            if value is not None:
-                params[key] = value
+        params: dict = {"subject": subject_id, "backend": backend, "request": uuid.uuid4().hex}
+        if retain_days is not None:
+            params["retain_days"] = retain_days
         failures = process_paths(settings, list(images), out or Path(settings.state_dir) / "enroll-receipts",
                                  "enroll", params, echo=click.echo)
+        # Name and consent go straight to the (possibly encrypted) gallery, not through the
+        # job params, which the append-only audit log would keep after an erasure.
+        if (name is not None or consent is not None) and any(s["id"] == subject_id for s in gallery.subjects()):
+            gallery.upsert_subject(subject_id, name=name, consent=consent)
     except FacewardenError as err:
         _fail(err)
     sys.exit(1 if failures else 0)
