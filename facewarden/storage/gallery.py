@@ -183,15 +183,10 @@ class Gallery:
     def _check_key(self) -> None:
         """Refuses a gallery sealed with another key, or sealed while no key is given, or
         plain while a key is given (mixing would leave plaintext next to sealed rows)."""
-        with self._write() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'encryption'").fetchone()
-            has_data = conn.execute("SELECT 1 FROM subjects LIMIT 1").fetchone() is not None
-            if row is None:
-                mode = "none" if has_data else "aes-256-gcm" if self._sealer.enabled else "none"
-                check = base64.b64encode(self._sealer.seal(_CHECK, "key-check")).decode()
-                conn.execute("INSERT INTO meta(key, value) VALUES ('encryption', ?)",
-                             (json.dumps({"mode": mode, "check": check if mode != "none" else ""}),))
-                row = (json.dumps({"mode": mode, "check": check}),)
+        row = self._db().execute("SELECT value FROM meta WHERE key = 'encryption'").fetchone()
+        if row is None:
+            self._init_encryption()
+            row = self._db().execute("SELECT value FROM meta WHERE key = 'encryption'").fetchone()
         info = json.loads(row[0])
         if info["mode"] == "none" and self._sealer.enabled:
             raise GalleryError("gallery.not_encrypted", f"the gallery at {self.path} is not encrypted but a key "
@@ -202,6 +197,17 @@ class Gallery:
                                    "file (--key-file, or gallery.key_file in the config)")
             if self._sealer.open(base64.b64decode(info["check"]), "key-check") != _CHECK:
                 raise GalleryError("gallery.key_invalid", "the key file does not open this gallery")
+
+    def _init_encryption(self) -> None:
+        """Records, once per gallery, whether it is sealed, with a sealed check value."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'encryption'").fetchone():
+                return  # another process got there first
+            has_data = conn.execute("SELECT 1 FROM subjects LIMIT 1").fetchone() is not None
+            mode = "none" if has_data or not self._sealer.enabled else "aes-256-gcm"
+            check = base64.b64encode(self._sealer.seal(_CHECK, "key-check")).decode() if mode != "none" else ""
+            conn.execute("INSERT INTO meta(key, value) VALUES ('encryption', ?)",
+                         (json.dumps({"mode": mode, "check": check}),))
 
     @property
     def encrypted(self) -> bool:
