@@ -17,7 +17,8 @@ Latency: each face embedded alone (the per-face cost the handler pays), repeated
 ``--repeat`` times, p50/p95 in ms, with the process pinned to one thread. Detection (YuNet)
 is timed separately, per photo. Figures taken while other work runs are noisy.
 
-    uv run python bench/verify_pairs.py [--backends dlib,facenet] [--repeat 5]
+    uv run python bench/verify_pairs.py [--backends dlib,facenet] [--repeat 5] [--no-impostors]
+    taskset -c 0 uv run python bench/verify_pairs.py    # on one core
 
 For a strict one-core figure pin the process as well:
 ``OMP_NUM_THREADS=1 taskset -c 0 uv run python bench/verify_pairs.py``. The thresholds

@@ -288,3 +288,26 @@ def test_facenet_backend_enrols_and_names_the_same_people(knn: Path, models_dir:
     # A dlib check-in against a FaceNet-only gallery knows no one (backends never mix).
     checkin, _ = _verify(ctx, knn / "test" / "obama1.jpg")
     assert [f["subject"] for f in checkin["faces"]] == ["unknown"]
+
+
+def test_verify_fails_closed_on_a_locked_gallery_and_works_with_its_key(knn: Path, models_dir: Path,
+                                                                        tmp: Path) -> None:
+    from facewarden.config import settings_from_flags
+    from facewarden.daemon.oneshot import process_paths
+    from facewarden.storage.gallery import generate_key_file, open_gallery
+
+    state, key = tmp / "state", tmp / "gallery.key"
+    generate_key_file(key)
+    g = open_gallery(state, key)
+    ctx = HandlerContext(models_dir=models_dir, services={"gallery": g})
+    _enroll(ctx, knn / "train/obama/obama.jpg", {"subject": "obama"}, "obama.jpg")
+    photo = knn / "test" / "obama1.jpg"
+    plain = settings_from_flags(None, state=state, models_dir=models_dir, environ={})
+    lines: list[str] = []
+    assert process_paths(plain, [photo], tmp / "out1", "verify", {}, echo=lines.append) == 1
+    assert "gallery.locked" in lines[-1]
+    assert not list((tmp / "out1").glob("*checkin*"))  # nothing written without the gallery
+    keyed = plain.model_copy(update={"gallery": plain.gallery.model_copy(update={"key_file": key})})
+    assert process_paths(keyed, [photo], tmp / "out2", "verify", {}, echo=lines.append) == 0, lines
+    checkin = json.loads((tmp / "out2" / "obama1-checkin.json").read_text())
+    assert [f["subject"] for f in checkin["faces"]] == ["obama"]
