@@ -161,11 +161,15 @@ def test_timeout_fails_closed_into_quarantine_with_reason(tmp_path):
     for p in d.values():
         p.mkdir()
     config = write_config(tmp_path / "fw.toml", d["incoming"], d["outgoing"], d["state"],
-                          extra="job_timeout = 0.05\nmax_attempts = 2")
+                          extra="job_timeout = 0.3\nmax_attempts = 2")
+    # A 24-MP photo: detection takes seconds, far past the 0.3 s job timeout.
+    big = tmp_path / "big.jpg"
+    src = Image.open(PASCAL[5])
+    src.resize((src.width * 12, src.height * 12)).save(big, quality=85)
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     try:
         daemon.wait_event("worker.ready")
-        shutil.copy(PASCAL[5], d["incoming"] / "slow.jpg")
+        shutil.copy(big, d["incoming"] / "slow.jpg")
         wait_for(lambda: any(r["outcome"] == "quarantined" for r in audit_rows(d["state"])), 120,
                  "quarantine record")
     finally:
@@ -174,7 +178,7 @@ def test_timeout_fails_closed_into_quarantine_with_reason(tmp_path):
     assert record["reason"]["code"] == "processing.timeout"
     assert not (d["outgoing"] / "slow.jpg").exists(), "fail closed: nothing in the output"
     quarantined = d["state"] / "quarantine" / "incoming" / "slow.jpg"
-    assert quarantined.read_bytes() == (DATA / "faces-pascal" / PASCAL[5].name).read_bytes()
+    assert quarantined.read_bytes() == big.read_bytes()
     assert json.loads((quarantined.parent / "slow.jpg.audit.json").read_text())["hash"] == record["hash"]
 
 
