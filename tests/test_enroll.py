@@ -274,22 +274,6 @@ def test_verify_a_photo_without_faces_gives_an_empty_checkin(enrolled, knn: Path
     assert checkin["faces"] == [] and checkin["unknown"] == 0 and result.facts["faces"] == 0
 
 
-@pytest.mark.slow
-def test_facenet_backend_enrols_and_names_the_same_people(knn: Path, models_dir: Path, tmp: Path) -> None:
-    gallery = Gallery(tmp / "state")
-    ctx = HandlerContext(models_dir=models_dir, services={"gallery": gallery})
-    for photo in sorted((knn / "train").glob("*/*")):
-        _enroll(ctx, photo, {"backend": "facenet"}, f"enroll/{photo.parent.name}/{photo.name}")
-    assert gallery.count("facenet-20180408") == 9 and gallery.count("dlib-resnet-v1") == 0
-    for name, people in EXPECTED.items():
-        checkin, _ = _verify(ctx, knn / "test" / name, backend="facenet")
-        assert checkin["backend"] == "facenet-20180408"
-        assert sorted(f["subject"] for f in checkin["faces"] if f["subject"] != "unknown") == sorted(people)
-    # A dlib check-in against a FaceNet-only gallery knows no one (backends never mix).
-    checkin, _ = _verify(ctx, knn / "test" / "obama1.jpg")
-    assert [f["subject"] for f in checkin["faces"]] == ["unknown"]
-
-
 def test_verify_fails_closed_on_a_locked_gallery_and_works_with_its_key(knn: Path, models_dir: Path,
                                                                         tmp: Path) -> None:
     from facewarden.config import settings_from_flags
