@@ -193,8 +193,6 @@ class Settings(_Strict):
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
     gallery: GalleryConfig = GalleryConfig()
-    #: JPEG quality for re-encoded results (handlers may override per route).
-    jpeg_quality: int = Field(92, ge=1, le=100)
 
     @field_validator("stores", mode="before")
     @classmethod
