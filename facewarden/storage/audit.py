@@ -9,13 +9,10 @@ newest record), and that the copies beside the results still match the log.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import socket
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from facewarden import __version__
-from facewarden.storage.sqlite_db import connect_shared
+from facewarden.storage.sqlite_db import SharedDatabase
 
 GENESIS = "0" * 64
 FINAL_OUTCOMES = ("ok", "rejected")
@@ -86,33 +83,11 @@ class AuditLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "audit.db"
         self.head_path = self.dir / "HEAD"
-        # One connection per thread: sources, HTTP handlers and workers share this object.
-        self._local = threading.local()
-
-    # -- connection ------------------------------------------------------------------
-    def _db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", 0) != os.getpid():
-            conn = connect_shared(self.db_path, _SCHEMA)
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        # Sources, HTTP handlers and worker threads share this object.
+        self._db = SharedDatabase(self.db_path, _SCHEMA)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
 
     # -- writing ---------------------------------------------------------------------
     def append(self, record: dict[str, Any], *, place: Callable[[dict[str, Any], bytes], str | None] | None = None
@@ -120,7 +95,7 @@ class AuditLog:
         """Chains and stores one record. ``place`` writes the copy beside the result and
         returns its location ("store:key"); it runs inside the write lock so the chain order
         equals the order of copies. Returns the complete record (with seq, prev, hash)."""
-        with self._write() as conn:
+        with self._db.write() as conn:
             row = conn.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
             full = {
@@ -155,7 +130,7 @@ class AuditLog:
 
     # -- reading ---------------------------------------------------------------------
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-        return [{**json.loads(r[0]), "hash": r[1]} for r in self._db().execute(sql, args).fetchall()]
+        return [{**json.loads(r[0]), "hash": r[1]} for r in self._db.conn().execute(sql, args).fetchall()]
 
     def find_done(self, idem_key: str) -> dict[str, Any] | None:
         """The first final (ok or rejected) record for this idempotency key, if any."""
@@ -175,7 +150,7 @@ class AuditLog:
         if version:
             sql += " AND (input_version=? OR input_version IS NULL)"
             args += (version,)
-        return self._db().execute(sql + " LIMIT 1", args).fetchone() is not None
+        return self._db.conn().execute(sql + " LIMIT 1", args).fetchone() is not None
 
     def by_sha256(self, digest: str) -> list[dict[str, Any]]:
         return self._rows(
@@ -186,10 +161,10 @@ class AuditLog:
         return self._rows("SELECT record, hash FROM records WHERE input_key=? ORDER BY seq", (key,))
 
     def count(self) -> int:
-        return self._db().execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        return self._db.conn().execute("SELECT COUNT(*) FROM records").fetchone()[0]
 
     def iter_records(self) -> Iterator[tuple[int, str | None, str, str]]:
-        yield from self._db().execute("SELECT seq, location, record, hash FROM records ORDER BY seq")
+        yield from self._db.conn().execute("SELECT seq, location, record, hash FROM records ORDER BY seq")
 
     # -- verifying -------------------------------------------------------------------
     def verify(self, read_copy: Callable[[str, dict[str, Any]], bytes | None] | None = None) -> VerifyReport:

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.queues.base import Lease
-from facewarden.storage.sqlite_db import connect_shared
+from facewarden.storage.sqlite_db import SharedDatabase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -45,27 +42,15 @@ class SqliteQueue:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.poll_interval = poll_interval
-        # One connection per thread: sources, HTTP handlers and workers share this object.
-        self._local = threading.local()
-        self._db()
+        # The daemon's emit, HTTP handlers and the supervisor share this object.
+        self._shared = SharedDatabase(self.path, _SCHEMA)
+        self._shared.conn()
 
     def _db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", 0) != os.getpid():
-            conn = connect_shared(self.path, _SCHEMA)
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._shared.conn()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._shared.write()
 
     def put(self, job: Job, *, dedup: str | None = None) -> bool:
         now = time.time()
@@ -142,7 +127,4 @@ class SqliteQueue:
         return row[0] if row else None
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._shared.close()

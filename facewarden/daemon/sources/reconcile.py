@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import threading
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -56,7 +55,6 @@ class ReconcileSource:
         self.last_pass: dict[str, int] = {}
         self.passes = 0
         self._pass_done = threading.Condition()
-        self._local = threading.local()
 
     def start(self, emit: Emit) -> None:
         self._stop.clear()
@@ -82,23 +80,8 @@ class ReconcileSource:
             return True
         return any(fnmatch.fnmatchcase(key, pat) for pat in self.opts.ignore)
 
-    def _audit_here(self) -> Any:
-        """The audit index for the calling thread.
-
-        AuditLog keeps one SQLite connection per process, and sqlite3 refuses to use a
-        connection from a thread other than its creator's; this thread opens its own
-        (read-only use, WAL mode: cheap and safe). Other stand-ins are used as given.
-        """
-        audit_dir = getattr(self.audit, "dir", None)
-        if audit_dir is None or not hasattr(self.audit, "close"):
-            return self.audit
-        mine = getattr(self._local, "audit", None)
-        if mine is None:
-            mine = self._local.audit = type(self.audit)(Path(audit_dir).parent)
-        return mine
-
     def run_once(self, emit: Emit) -> dict[str, int]:
-        audit = self._audit_here()
+        audit = self.audit  # AuditLog is thread-safe: a connection per thread
         listed = emitted = 0
         for info in self.store.list(self.opts.prefix):
             if self._stop.is_set():
@@ -120,9 +103,9 @@ class ReconcileSource:
         try:
             self._loop(emit)
         finally:
-            mine = getattr(self._local, "audit", None)
-            if mine is not None:
-                mine.close()
+            close = getattr(self.audit, "close", None)
+            if close is not None:
+                close()  # this thread's connection only
 
     def _loop(self, emit: Emit) -> None:
         if self._stop.wait(self.opts.initial_delay):
