@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from facewarden.config.schema import RabbitMQConfig, Settings  # noqa: E402
 from facewarden.daemon.jobs import Job  # noqa: E402
+from facewarden.daemon.pool import limit_native_threads  # noqa: E402
 
 _CTX = mp.get_context("spawn")
 
@@ -153,6 +154,8 @@ def worker_main(settings_json: str, name: str, stop: Any, done: Any, core: int |
         # One core per worker process: the model runtimes spread one image over every core
         # they may use, which hides what the queue does when more workers are added.
         os.sched_setaffinity(0, {core})
+    # the same per-worker thread budget as the daemon's worker processes
+    limit_native_threads(Settings.model_validate_json(settings_json).workers.count)
     from facewarden.daemon.logs import configure_logging
     from facewarden.daemon.pipeline import Pipeline
     from facewarden.daemon.queues.factory import open_queue as factory_open
@@ -223,6 +226,7 @@ class Run:
                     **({"rabbitmq": self.cfg.model_dump()} if self.cfg else {}),
                 },
                 "log": {"format": "json", "level": "warning"},
+                "workers": {"count": workers},
             }
         )
         self.keys = keys
@@ -304,6 +308,7 @@ def direct_main(settings_json: str, keys: list[str], core: int | None, go: Any, 
     """Control without any queue: the same pipeline called directly on a share of photos."""
     if core is not None:
         os.sched_setaffinity(0, {core})
+    limit_native_threads(Settings.model_validate_json(settings_json).workers.count)
     from facewarden.daemon.logs import configure_logging
     from facewarden.daemon.pipeline import Pipeline
     from facewarden.storage.stores import open_stores

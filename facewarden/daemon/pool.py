@@ -26,10 +26,27 @@ _CTX = mp.get_context("spawn")
 EX_CONFIG = 78  # sysexits: a worker that cannot start for a reason a restart cannot fix
 
 
-def _worker_main(settings_json: str, name: str, stop: Any) -> None:
+def limit_native_threads(workers: int) -> int:
+    """Gives this worker process its share of the cores.
+
+    OpenCV, OpenMP and BLAS each start a thread per core in every process; N workers on N
+    cores then fight over them and every image costs more CPU. Called first thing in a
+    worker process, before numpy or OpenCV are imported (the env vars are read at import).
+    """
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    import cv2
+
+    cv2.setNumThreads(threads)
+    return threads
+
+
+def _worker_main(settings_json: str, name: str, stop: Any, workers: int = 1) -> None:
     # SIGINT goes to the whole process group on Ctrl-C; the supervisor coordinates.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    limit_native_threads(workers)
     from facewarden.daemon.logs import configure_logging
     from facewarden.daemon.queues.factory import open_queue
     from facewarden.daemon.worker import run_worker
@@ -65,7 +82,7 @@ class WorkerPool:
         self._serial += 1
         name = f"{socket.gethostname()}:{os.getpid()}:w{self._serial}"
         proc = _CTX.Process(target=_worker_main, name=name, daemon=False,
-                            args=(self.settings.model_dump_json(), name, self.stop_event))
+                            args=(self.settings.model_dump_json(), name, self.stop_event, self.count))
         proc.start()
         self.procs[name] = proc
         log.info("worker.started", worker=name, pid=proc.pid)
