@@ -7,6 +7,7 @@ configured source through ``build_source``. Sources never read pixels.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -34,6 +35,39 @@ class Source(Protocol):
     def ready(self) -> bool:
         """Connected and watching (for /readyz)."""
         ...
+
+
+class BackgroundSource:
+    """A source whose work is one loop in a background thread.
+
+    Subclasses set ``name``, implement ``_run(emit)`` (return soon after ``_stop`` is set)
+    and ``ready()``; ``join_timeout`` bounds how long ``stop`` waits for the loop.
+    """
+
+    name: str
+    join_timeout: float = 30.0
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = False
+
+    def start(self, emit: Emit) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(emit,), name=f"src-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.join_timeout)
+        self._ready = False
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def _run(self, emit: Emit) -> None:
+        raise NotImplementedError
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ import structlog
 from pydantic import Field
 
 from facewarden.daemon.jobs import Event
-from facewarden.daemon.sources import Emit, SourceContext, register_source
+from facewarden.daemon.sources import BackgroundSource, Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import SourceOptions, parse_options
 from facewarden.errors import ConfigError
 
@@ -40,35 +40,19 @@ class ReconcileOptions(SourceOptions):
     max_per_pass: int = Field(100_000, ge=1)
 
 
-class ReconcileSource:
+class ReconcileSource(BackgroundSource):
     def __init__(self, opts: ReconcileOptions, store: Any, audit: Any):
+        super().__init__()
         self.name = opts.name
         self.opts = opts
         self.store = store
         self.audit = audit
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ok = False
         qp = str(getattr(store, "quarantine_prefix", "") or "").strip("/")
         self._skip_prefix = qp + "/" if qp else None
         #: Figures of the last pass, for logs and tests: listed, emitted, errors.
         self.last_pass: dict[str, int] = {}
         self.passes = 0
         self._pass_done = threading.Condition()
-
-    def start(self, emit: Emit) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(emit,), name=f"src-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def ready(self) -> bool:
-        return self._ok
 
     def wait_passes(self, n: int, timeout: float) -> bool:
         """Blocks until ``n`` passes have finished (tests, and `facewarden run --once`)."""
@@ -113,10 +97,10 @@ class ReconcileSource:
         while not self._stop.is_set():
             try:
                 figures = self.run_once(emit)
-                self._ok = True
+                self._ready = True
                 log.info("source.reconciled", source=self.name, store=self.store.name, **figures)
             except Exception as exc:  # store or queue away: try again next pass
-                self._ok = False
+                self._ready = False
                 figures = {"errors": 1}
                 log.warning("source.reconcile_failed", source=self.name, error=type(exc).__name__,
                             detail=str(exc)[:200])
@@ -125,7 +109,7 @@ class ReconcileSource:
                 self.passes += 1
                 self._pass_done.notify_all()
             # after a failure, retry sooner than a full interval
-            wait = self.opts.interval if self._ok else min(self.opts.interval, 30.0)
+            wait = self.opts.interval if self._ready else min(self.opts.interval, 30.0)
             self._stop.wait(wait)
 
 

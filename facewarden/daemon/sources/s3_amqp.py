@@ -15,14 +15,13 @@ exchange=minio-events exchange_type=fanout durable=on``) then
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Any, Literal
 
 import pika
 import structlog
 from pydantic import Field
 
-from facewarden.daemon.sources import Emit, SourceContext, register_source
+from facewarden.daemon.sources import BackgroundSource, Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
     Backoff,
     BucketMap,
@@ -60,30 +59,15 @@ class AmqpEventOptions(SourceOptions):
     reconnect_max_delay: float = Field(30.0, gt=0)
 
 
-class AmqpEventSource:
+class AmqpEventSource(BackgroundSource):
+    join_timeout = 15.0
+
     def __init__(self, opts: AmqpEventOptions, buckets: BucketMap):
+        super().__init__()
         self.name = opts.name
         self.opts = opts
         self.buckets = buckets
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ready = False
         self._recent = RecentEvents()
-
-    def start(self, emit: Emit) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(emit,), name=f"src-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-        self._ready = False
-
-    def ready(self) -> bool:
-        return self._ready
 
     def _declare(self, ch: Any) -> None:
         o = self.opts

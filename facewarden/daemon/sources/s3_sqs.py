@@ -10,7 +10,6 @@ circle forever; SQS's own redrive policy remains the place for a dead-letter que
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import boto3
@@ -18,7 +17,7 @@ import structlog
 from botocore.config import Config as BotoConfig
 from pydantic import Field
 
-from facewarden.daemon.sources import Emit, SourceContext, register_source
+from facewarden.daemon.sources import BackgroundSource, Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
     Backoff,
     BucketMap,
@@ -50,18 +49,17 @@ class SqsOptions(SourceOptions):
     visibility_timeout: int | None = Field(None, ge=0, le=43200)
 
 
-class SqsSource:
+class SqsSource(BackgroundSource):
     def __init__(self, opts: SqsOptions, buckets: BucketMap, *, client: Any = None):
         if not (opts.queue_url or opts.queue_name):
             raise ValueError("queue_url or queue_name is required")
+        super().__init__()
+        self.join_timeout = opts.wait_time + 15
         self.name = opts.name
         self.opts = opts
         self.buckets = buckets
         self._client = client
         self._queue_url = opts.queue_url
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ready = False
         self._recent = RecentEvents()
 
     def _sqs(self) -> Any:
@@ -73,21 +71,6 @@ class SqsSource:
                 config=BotoConfig(read_timeout=self.opts.wait_time + 10,
                                   retries={"mode": "standard", "max_attempts": 3}))
         return self._client
-
-    def start(self, emit: Emit) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(emit,), name=f"src-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.opts.wait_time + 15)
-        self._ready = False
-
-    def ready(self) -> bool:
-        return self._ready
 
     def _run(self, emit: Emit) -> None:
         backoff = Backoff()
