@@ -118,16 +118,23 @@ class Daemon:
                 "queue": _queue_ok(self.queue)}
 
     def _housekeeping(self) -> None:
-        interval = self.settings.gallery.purge_interval
-        while not self._stop.wait(min(interval, 60)):
-            gallery_db = Path(self.settings.state_dir) / "gallery.db"
-            if not gallery_db.exists():
-                continue
-            try:
+        """Purges gallery subjects past their retention date, at start and every interval."""
+        gallery = None
+        wait = 0.0
+        while not self._stop.wait(wait):
+            wait = self.settings.gallery.purge_interval
+            if gallery is None:
+                if not (Path(self.settings.state_dir) / "gallery.db").exists():
+                    continue  # no one enrolled yet
                 from facewarden.storage.gallery import open_gallery
 
-                purged = open_gallery(Path(self.settings.state_dir), self.settings.gallery.key_file) \
-                    .purge_expired(time.time())
+                try:
+                    gallery = open_gallery(Path(self.settings.state_dir), self.settings.gallery.key_file)
+                except Exception as exc:  # noqa: BLE001 - housekeeping must not stop the daemon
+                    log.error("gallery.open_failed", error=type(exc).__name__)
+                    continue
+            try:
+                purged = gallery.purge_expired(time.time())
                 for subject in purged:
                     self.audit.append({"kind": "subject.purged", "subject": subject,
                                        "reason": {"code": "retention.expired",
