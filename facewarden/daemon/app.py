@@ -59,6 +59,8 @@ class Daemon:
         self.http: Any = None
         self._emit_lock = threading.Lock()
         self._stop = threading.Event()
+        #: `--workers N` from the command line; 0 = no local workers (worker hosts do it).
+        self.workers_override: int | None = None
         self._check_routes()
 
     def _check_routes(self) -> None:
@@ -109,8 +111,6 @@ class Daemon:
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         log.info("daemon.started", sources=[s.name for s in self.sources], workers=count,
                  queue=self.settings.queue.backend)
-
-    workers_override: int | None = None
 
     def ready(self) -> dict[str, bool]:
         return {"sources": all(s.ready() for s in self.sources),
