@@ -30,7 +30,7 @@ from facewarden.handlers.base import HandlerContext
 from facewarden.handlers.imageio import decode
 from facewarden.models.detectors import make_detector
 
-BACKENDS = ("yunet", "yunet-pyramid", "mediapipe", "mediapipe-tiled", "auto")
+BACKENDS = ("yunet", "yunet-native", "yunet-pyramid", "mediapipe", "mediapipe-tiled", "auto")
 
 
 def run_backend(name: str, samples, models_dir: Path, margin: float, shape: str, options: dict):
