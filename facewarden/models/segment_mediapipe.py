@@ -17,6 +17,13 @@ from facewarden.errors import ProcessingFailed
 from facewarden.models.protocols import ModelId
 from facewarden.models.registry import model_file
 
+#: Every ImageSegmenter this process created, kept alive until interpreter exit. mediapipe
+#: 1.2.2 runs each instance's C calls on its own executor, held in a reference cycle; when
+#: the cycle collector freed an ImageSegmenter, its ``__del__`` waited forever for ``close``
+#: on that executor (a hang at the end of a pytest run, stack in ``close``). At interpreter
+#: exit mediapipe skips those calls, so keeping the small, load-once segmenters alive is safe.
+_KEEP_ALIVE: list[object] = []
+
 
 class MediaPipeSegmenter:
     name = "mediapipe-selfie"
@@ -36,6 +43,7 @@ class MediaPipeSegmenter:
         except Exception as exc:  # noqa: BLE001
             raise ProcessingFailed("segmenter.load", f"could not load selfie segmenter: {exc}",
                                    retryable=False) from exc
+        _KEEP_ALIVE.append(self._segmenter)
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[ModelId]:
