@@ -39,13 +39,14 @@ NAMES = ("auto", "yunet", "yunet-native", "yunet-pyramid", "mediapipe", "mediapi
 #:
 #: - YuNet at 1x does the work: with the handler's margin floor it covers 43/43 PASCAL faces,
 #:   43/43 on the same photos shrunk to a 12-px median face and 258/258 on 1080p canvases of
-#:   them (~310-380 ms per 1080p frame, 25 ms per 500x375 photo).
+#:   them (onnxruntime: ~50-90 ms per 1080p frame, ~4 ms per 500x375 photo; the native
+#:   libfacedetection run of the same weights took ~320 ms and ~20 ms).
 #: - MediaPipe on the full frame costs ~3 ms and is the second opinion for what YuNet's
 #:   anchors cover worst: very large and turned faces (its 192-px input sees a close-up face
 #:   whole; it found every face on the portrait photos in ../shared/data).
 #: - The upscaled YuNet level (``max_upscale`` > 1) and MediaPipe tiles (``tile`` > 0) found
 #:   no face on any variant that the two passes above missed, while costing 4-10x the time on
-#:   small photos (a 3x level on a 500x375 photo is ~250 ms) and, for tiles, adding false
+#:   small photos (a 2.3x level on a 500x375 photo adds ~75 ms) and, for tiles, adding false
 #:   positives on portraits; they stay available for callers that want them.
 AUTO_DEFAULTS: dict[str, Any] = {
     # Same as the anonymize handler's default min_score (see DEFAULT_MIN_SCORE there).
