@@ -46,7 +46,7 @@ NAMES = ("auto", "yunet", "yunet-native", "yunet-pyramid", "mediapipe", "mediapi
 #:   whole; it found every face on the portrait photos in ../shared/data).
 #: - The upscaled YuNet level (``max_upscale`` > 1) and MediaPipe tiles (``tile`` > 0) found
 #:   no face on any variant that the two passes above missed, while costing 4-10x the time on
-#:   small photos (a 2.3x level on a 500x375 photo adds ~75 ms) and, for tiles, adding false
+#:   small photos (a 3x level on a 500x375 photo adds ~75 ms) and, for tiles, adding false
 #:   positives on portraits; they stay available for callers that want them.
 AUTO_DEFAULTS: dict[str, Any] = {
     # Same as the anonymize handler's default min_score (see DEFAULT_MIN_SCORE there).
