@@ -30,6 +30,26 @@ from facewarden.models.yunet_onnx import STRIDES
 NMS_IOU = 0.45
 
 
+def check_options(min_score: float, upscale: float, threads: int) -> None:
+    """The option ranges both YuNet runtimes accept (this one and ``yunet-native``)."""
+    if not 0.0 <= min_score <= 1.0:
+        raise ValueError("min_score must be within [0, 1]")
+    if not 0.25 <= upscale <= 4.0:
+        raise ValueError("upscale must be within [0.25, 4]")
+    if not isinstance(threads, int) or not 1 <= threads <= 64:
+        raise ValueError("threads must be an integer within [1, 64]")
+
+
+def checked_input(rgb: np.ndarray, upscale: float) -> np.ndarray:
+    """The frame YuNet looks at: validated, and resized by ``upscale``."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ProcessingFailed("detector.bad_input", "detector needs an RGB uint8 image", retryable=False)
+    if upscale == 1.0:
+        return rgb
+    interp = cv2.INTER_LINEAR if upscale > 1.0 else cv2.INTER_AREA
+    return cv2.resize(rgb, None, fx=upscale, fy=upscale, interpolation=interp)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
@@ -40,12 +60,7 @@ class YuNetDetector:
     name = "yunet"
 
     def __init__(self, models_dir: Path, *, min_score: float = 0.5, upscale: float = 1.0, threads: int = 1):
-        if not 0.0 <= min_score <= 1.0:
-            raise ValueError("min_score must be within [0, 1]")
-        if not 0.25 <= upscale <= 4.0:
-            raise ValueError("upscale must be within [0.25, 4]")
-        if not isinstance(threads, int) or not 1 <= threads <= 64:
-            raise ValueError("threads must be an integer within [1, 64]")
+        check_options(min_score, upscale, threads)
         import onnxruntime as ort
 
         path, self._model_id = model_file(models_dir, "yunet-onnx")
@@ -68,12 +83,7 @@ class YuNetDetector:
         return [self._model_id]
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ProcessingFailed("detector.bad_input", "detector needs an RGB uint8 image", retryable=False)
-        img = rgb
-        if self.upscale != 1.0:
-            interp = cv2.INTER_LINEAR if self.upscale > 1.0 else cv2.INTER_AREA
-            img = cv2.resize(rgb, None, fx=self.upscale, fy=self.upscale, interpolation=interp)
+        img = checked_input(rgb, self.upscale)
         h, w = img.shape[:2]
         pad_h, pad_w = -h % 32, -w % 32
         if pad_h or pad_w:

