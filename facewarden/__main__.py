@@ -1,3 +1,3 @@
-from facewarden.daemon.cli import main
+from facewarden.cli import main
 
 main()

@@ -65,3 +65,22 @@ class UnsafeKey(InputRejected):
     """An object key that would escape its store (``..``, absolute paths, NUL bytes)."""
 
     code = "key.unsafe"
+
+
+class UsageError(FacewardenError):
+    """The command line itself is wrong (unknown handler, invalid params, an output that
+    would replace an input)."""
+
+    code = "usage.invalid"
+
+
+class UnknownBackend(ConfigError):
+    """A handler, store, queue, source, detector... name that no backend registered.
+
+    One error type for every registry, listing the names that do exist."""
+
+    code = "backend.unknown"
+
+    def __init__(self, kind: str, name: str, known: list[str] | tuple[str, ...]):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        super().__init__(self.code, f"no {kind} named {name!r}; known: {', '.join(self.known) or '(none)'}")

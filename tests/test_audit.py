@@ -215,7 +215,7 @@ def test_audit_hashes_match_the_files_written(data_dir: Path, models_dir: Path, 
         assert log.by_sha256(_sha(written))[0]["seq"] == record["seq"]
 
     # The CLI walks the same chain and reads the copies beside the results.
-    from facewarden.daemon.cli import cli
+    from facewarden.cli import cli
 
     args = ["audit", "verify", "--state", str(state_dir), "--store-root", f"outgoing={out}"]
     ok = CliRunner().invoke(cli, args, env={})

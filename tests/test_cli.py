@@ -13,7 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from facewarden.daemon.cli import cli
+from facewarden.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_version():
 # -- process -----------------------------------------------------------------------------
 def _facewarden(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEWARDEN_")}
-    cmd = [sys.executable, "-c", "from facewarden.daemon.cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from facewarden.cli import main; main()", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=cwd)
 
 
@@ -165,3 +165,27 @@ def test_config_command_reports_errors(tmp: Path):
     bad.write_text("[workers]\ncuont = 1\n")
     result = CliRunner().invoke(cli, ["config", "--config", str(bad)])
     assert result.exit_code == 2 and "workers.cuont" in result.output
+
+
+def test_a_broken_subcommand_module_fails_loudly(monkeypatch: pytest.MonkeyPatch):
+    """cli used to swallow ImportErrors of `subjects` and `worker`: the commands vanished
+    from --help without a word. Now the import error reaches the user."""
+    import importlib
+
+    import facewarden.cli as cli_pkg
+
+    monkeypatch.setitem(sys.modules, "facewarden.cli.worker", None)  # makes `import` raise ImportError
+    with pytest.raises(ImportError):
+        importlib.reload(cli_pkg)
+    monkeypatch.undo()
+    importlib.reload(cli_pkg)
+    assert "worker" in cli_pkg.cli.commands
+
+
+def test_parse_options_reads_json_values_and_refuses_junk():
+    from facewarden.cli.common import parse_options
+
+    assert parse_options(("blur=25", "mode=pixelate", "boxes=[1,2]")) == {"blur": 25, "mode": "pixelate",
+                                                                           "boxes": [1, 2]}
+    with pytest.raises(click.BadParameter):
+        parse_options(("novalue",))

@@ -216,7 +216,7 @@ def test_pipeline_enrols_from_folders_and_checks_in_with_audit_and_no_embeddings
 
 
 def test_subjects_cli_add_list_export_delete_leaves_a_tombstone(knn: Path, models_dir: Path, tmp: Path) -> None:
-    from facewarden.daemon.cli import cli
+    from facewarden.cli import cli
     from facewarden.storage.audit import AuditLog
 
     state = tmp / "state"

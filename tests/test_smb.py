@@ -120,7 +120,7 @@ def daemon(samba: tuple[int, Path], tmp: Path, models_dir: Path) -> Iterator[tup
     _, share = samba
     out, state = tmp / "out", tmp / "state"
     log = tmp / "daemon.log"
-    cmd = [sys.executable, "-c", "from facewarden.daemon.cli import main; main()", "run",
+    cmd = [sys.executable, "-c", "from facewarden.cli import main; main()", "run",
            "--watch", str(share), "--out", str(out), "--state", str(state), "--workers", "1",
            "--models-dir", str(models_dir)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEWARDEN_")}

@@ -72,7 +72,7 @@ def start_host(config: Path, log: Path) -> subprocess.Popen:
         [
             sys.executable,
             "-c",
-            "from facewarden.daemon.cli import main; main()",
+            "from facewarden.cli import main; main()",
             "worker",
             "--config",
             str(config),

@@ -17,16 +17,10 @@ from facewarden.config.schema import DEFAULT_IGNORE, Settings
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.pipeline import Outcome, Pipeline
 from facewarden.daemon.worker import backoff
-from facewarden.errors import FacewardenError, InputRejected
+from facewarden.errors import FacewardenError, InputRejected, UsageError
 from facewarden.handlers import base as handlers
 from facewarden.storage.local import LocalStore
 from facewarden.storage.stores import open_stores
-
-
-class UsageError(FacewardenError):
-    """The command line itself is wrong (unknown handler, invalid params)."""
-
-    code = "usage.invalid"
 
 
 def _walk(root: Path) -> Iterator[Path]:

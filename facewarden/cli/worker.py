@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from facewarden.cli.common import fail
 from facewarden.errors import ConfigError, FacewardenError
 
 
@@ -57,8 +58,7 @@ def worker(
         configure_logging(settings.log.format, settings.log.level)
         sys.exit(run_worker_host(settings, concurrency))
     except FacewardenError as err:
-        click.echo(f"error [{err.code}]: {err.message}", err=True)
-        sys.exit(2)
+        fail(err)
 
 
 def run_worker_host(

@@ -15,17 +15,13 @@ from pathlib import Path
 
 import click
 
+from facewarden.cli.common import fail
 from facewarden.errors import FacewardenError
 
 STATE_HELP = "State directory holding gallery.db. Default: the configured state_dir, var/state."
 CONFIG_HELP = "TOML config file. FACEWARDEN_* environment variables override it."
 MODELS_HELP = "Directory holding the installed model files. Default: the configured models_dir, var/models."
 KEY_HELP = "Key file of an encrypted gallery (default: gallery.key_file from the config)."
-
-
-def _fail(err: FacewardenError) -> None:
-    click.echo(f"error [{err.code}]: {err.message}", err=True)
-    sys.exit(2)
 
 
 def _settings(config: Path | None, state: Path | None, models_dir: Path | None, key_file: Path | None):
@@ -90,7 +86,7 @@ def add(subject_id: str, images: tuple[Path, ...], name: str | None, consent: st
         if (name is not None or consent is not None) and any(s["id"] == subject_id for s in gallery.subjects()):
             gallery.upsert_subject(subject_id, name=name, consent=consent)
     except FacewardenError as err:
-        _fail(err)
+        fail(err)
     sys.exit(1 if failures else 0)
 
 
@@ -102,7 +98,7 @@ def list_(as_json: bool, state: Path | None, key_file: Path | None, config: Path
     try:
         rows = _gallery(_settings(config, state, None, key_file)).subjects()
     except FacewardenError as err:
-        _fail(err)
+        fail(err)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -124,7 +120,7 @@ def export(subject_id: str, output: Path | None, state: Path | None, key_file: P
     try:
         data = _gallery(_settings(config, state, None, key_file)).export(subject_id)
     except FacewardenError as err:
-        _fail(err)
+        fail(err)
     text = json.dumps(data, indent=2)
     if output is None:
         click.echo(text)
@@ -149,7 +145,7 @@ def delete(subject_id: str, reason: str, state: Path | None, key_file: Path | No
                                              "embeddings_removed": n,
                                              "reason": {"code": "subject.erasure", "message": reason}})
     except FacewardenError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"deleted {subject_id}: {n} embedding(s) erased")
 
 
