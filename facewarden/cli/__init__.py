@@ -12,6 +12,7 @@ import click
 from facewarden import __version__
 from facewarden.cli.audit import audit
 from facewarden.cli.config import config_check
+from facewarden.cli.handlers import handlers_command
 from facewarden.cli.models import models
 from facewarden.cli.process import process
 from facewarden.cli.run import run
@@ -25,7 +26,7 @@ def cli() -> None:
     """Offline, audited face processing of stored images: anonymize, ID photos, enroll/verify."""
 
 
-for _command in (run, process, models, audit, config_check, subjects, worker):
+for _command in (run, process, models, audit, config_check, handlers_command, subjects, worker):
     cli.add_command(_command)
 
 

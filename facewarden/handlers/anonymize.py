@@ -21,6 +21,7 @@ import structlog
 from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
 from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.imageio import DecodedImage, encode
+from facewarden.handlers.params import Param, ParamSchema
 from facewarden.models.detectors import NAMES as DETECTOR_NAMES
 from facewarden.models.detectors import make_detector
 from facewarden.models.protocols import Face, FaceDetector
@@ -187,18 +188,26 @@ def _colour(value: Any) -> list[int]:
     raise _rejected("fill must be '#rrggbb', a colour name (black, white, grey) or [r, g, b] 0-255")
 
 
-def _number(params: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-    v = params.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise _rejected(f"{key} must be a number within [{lo}, {hi}]")
-    return float(v)
+SCHEMA = ParamSchema("anonymize", [
+    Param("detector", "choice", DEFAULT_DETECTOR, "face detector: auto is every detector and scale merged, "
+          "recall first; the others are single backends for comparison", choices=tuple(DETECTOR_NAMES)),
+    Param("mode", "choice", "blur", "blur (strength grows with face size), pixelate, or fill", choices=MODES),
+    Param("shape", "choice", "ellipse", "shape of each obscured region", choices=SHAPES),
+    Param("margin", "number", DEFAULT_MARGIN, "extra size around each face, per side, as a share of the face "
+          f"(at least {MIN_MARGIN_PX:.0f} px)", minimum=0.0, maximum=2.0),
+    Param("min_score", "number", DEFAULT_MIN_SCORE, "detector confidence floor: low on purpose, a blurred patch "
+          "of wall costs less than a missed face", minimum=0.05, maximum=1.0),
+    Param("fill", "custom", [0, 0, 0], "colour for mode=fill", parse=_colour,
+          type_text="#rrggbb | black | white | grey | [r,g,b]"),
+    Param("jpeg_quality", "integer", DEFAULT_JPEG_QUALITY, "quality of JPEG results", minimum=1, maximum=100),
+], "Finds every face and blurs, pixelates or fills it; strips all metadata.")
 
 
 class AnonymizeHandler:
     """Detects faces with a cached detector and obscures them; see the module docstring."""
 
     name = "anonymize"
-    PARAMS = ("detector", "mode", "shape", "margin", "min_score", "fill", "jpeg_quality")
+    schema = SCHEMA
 
     def __init__(self, detector_factory: Callable[..., FaceDetector] = make_detector):
         # The factory is a seam for tests that need a detector that fails the way a broken
@@ -206,29 +215,7 @@ class AnonymizeHandler:
         self._factory = detector_factory
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping):
-            raise _rejected("params must be a mapping")
-        unknown = sorted(set(params) - set(self.PARAMS))
-        if unknown:
-            raise _rejected(f"unknown param(s) for anonymize: {', '.join(map(str, unknown))}; "
-                            f"known: {', '.join(self.PARAMS)}")
-        out: dict[str, Any] = {}
-        for key, allowed, default in (("detector", DETECTOR_NAMES, DEFAULT_DETECTOR),
-                                      ("mode", MODES, "blur"), ("shape", SHAPES, "ellipse")):
-            v = params.get(key, default)
-            if not isinstance(v, str) or v.strip().lower() not in allowed:
-                raise _rejected(f"{key} must be one of {', '.join(allowed)}")
-            out[key] = v.strip().lower()
-        out["margin"] = _number(params, "margin", DEFAULT_MARGIN, 0.0, 2.0)
-        out["min_score"] = _number(params, "min_score", DEFAULT_MIN_SCORE, 0.05, 1.0)
-        out["fill"] = _colour(params.get("fill", [0, 0, 0]))
-        q = params.get("jpeg_quality", DEFAULT_JPEG_QUALITY)
-        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
-            raise _rejected("jpeg_quality must be an integer within [1, 100]")
-        out["jpeg_quality"] = q
-        return out
+        return SCHEMA.validate(params)
 
     def _detector(self, ctx: HandlerContext, params: Mapping[str, Any]) -> FaceDetector:
         try:

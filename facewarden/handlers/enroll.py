@@ -20,7 +20,7 @@ import math
 import posixpath
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import cv2
@@ -30,6 +30,7 @@ import structlog
 from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
 from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.imageio import DecodedImage, encode
+from facewarden.handlers.params import Param, ParamSchema
 from facewarden.models.detectors import make_detector
 from facewarden.models.embedders import ALIASES, DEFAULT, make_embedder
 from facewarden.models.protocols import Embedder, Face, FaceDetector
@@ -85,31 +86,44 @@ def _check_subject(value: Any) -> str:
     return value
 
 
-def _number(params: Mapping[str, Any], key: str, default: float | None, lo: float, hi: float) -> float | None:
-    v = params.get(key, default)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise _rejected(f"{key} must be a number within [{lo}, {hi}]")
-    return float(v)
+def _backend(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in ALIASES:
+        raise ValueError("must be one of dlib, facenet")
+    return ALIASES[value.strip().lower()]
 
 
-def _backend(params: Mapping[str, Any]) -> str:
-    v = params.get("backend", DEFAULT)
-    if not isinstance(v, str) or v.strip().lower() not in ALIASES:
-        raise _rejected("backend must be one of dlib, facenet")
-    return ALIASES[v.strip().lower()]
+def _subject(value: Any) -> str:
+    try:
+        return _check_subject(value)
+    except InputRejected as err:
+        raise ValueError(err.message.removeprefix("subject ")) from None
 
 
-def _common(params: Mapping[str, Any] | None, known: Sequence[str], handler: str) -> Mapping[str, Any]:
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping):
-        raise _rejected("params must be a mapping")
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise _rejected(f"unknown param(s) for {handler}: {', '.join(map(str, unknown))}; known: {', '.join(known)}")
-    return params
+_BACKEND = Param("backend", "custom", DEFAULT, "face embedding model: dlib (128-d ResNet) or facenet (512-d)",
+                 parse=_backend, type_text="dlib | facenet")
+ENROLL_SCHEMA = ParamSchema("enroll", [
+    Param("subject", "custom", None, "subject id; default: the name of the folder the photo is in "
+          "(enroll/<subject>/photo.jpg)", parse=_subject, optional=True, type_text="id (letters, digits, . _ - @)"),
+    Param("name", "text", None, "display name, stored encrypted", maximum=200, optional=True),
+    _BACKEND,
+    Param("consent", "text", None, "consent text or reference, stored encrypted", maximum=2000, optional=True),
+    Param("retain_days", "number", None, "erase the subject this many days after enrolment",
+          minimum=0, maximum=36500, optional=True),
+    Param("min_face", "custom", DEFAULT_MIN_FACE, "smallest face width accepted, px",
+          parse=lambda v: int(Param("min_face", "number", None, "", minimum=16, maximum=4096).normalise(v)),
+          type_text="number [16, 4096]"),
+    Param("min_sharpness", "number", DEFAULT_MIN_SHARPNESS, "sharpness floor (variance of the Laplacian)",
+          minimum=0, maximum=100000),
+    Param("request", "text", None, "caller's request id, echoed in the receipt", maximum=100, optional=True),
+], "Adds a subject's face embedding to the gallery after quality checks.")
+VERIFY_SCHEMA = ParamSchema("verify", [
+    _BACKEND,
+    Param("threshold", "number", None, "match distance threshold; default: the backend's calibrated one",
+          minimum=0, maximum=4, optional=True),
+    Param("anonymize_unknown", "bool", False, "also write a copy where every face not recognised is obscured"),
+    Param("anonymize_mode", "choice", "blur", "how unknown faces are obscured", choices=tuple(ANONYMIZE_MODES)),
+    Param("jpeg_quality", "integer", 90, "quality of JPEG results", minimum=1, maximum=100),
+], "Matches every face in a photo against the gallery: a check-in record naming each face or unknown.")
 
 
 class _FaceHandler:
@@ -172,25 +186,10 @@ class EnrollHandler(_FaceHandler):
     """Quality-gates one face per photo and, in ``commit``, adds its embedding."""
 
     name = "enroll"
-    PARAMS = ("subject", "name", "backend", "consent", "retain_days", "min_face", "min_sharpness", "request")
+    schema = ENROLL_SCHEMA
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        params = _common(params, self.PARAMS, self.name)
-        out: dict[str, Any] = {"backend": _backend(params)}
-        if params.get("subject") is not None:
-            out["subject"] = _check_subject(params["subject"])
-        for key, limit in (("name", 200), ("consent", 2000), ("request", 100)):
-            v = params.get(key)
-            if v is not None:
-                if not isinstance(v, str) or len(v) > limit:
-                    raise _rejected(f"{key} must be text of at most {limit} characters")
-                out[key] = v
-        rd = _number(params, "retain_days", None, 0.0, 36500.0)
-        if rd is not None:
-            out["retain_days"] = rd
-        out["min_face"] = int(_number(params, "min_face", DEFAULT_MIN_FACE, 16, 4096))  # type: ignore[arg-type]
-        out["min_sharpness"] = _number(params, "min_sharpness", DEFAULT_MIN_SHARPNESS, 0.0, 100000.0)
-        return out
+        return ENROLL_SCHEMA.validate(params)
 
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         p = self.validate_params(params)
@@ -273,29 +272,10 @@ class VerifyHandler(_FaceHandler):
     """Matches every face in the photo against the gallery: a check-in record."""
 
     name = "verify"
-    PARAMS = ("backend", "threshold", "anonymize_unknown", "anonymize_mode", "jpeg_quality")
+    schema = VERIFY_SCHEMA
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        params = _common(params, self.PARAMS, self.name)
-        out: dict[str, Any] = {"backend": _backend(params)}
-        thr = _number(params, "threshold", None, 0.0, 4.0)
-        if thr is not None:
-            out["threshold"] = thr
-        anon = params.get("anonymize_unknown", False)
-        if isinstance(anon, str) and anon.lower() in ("true", "false", "1", "0", "yes", "no"):
-            anon = anon.lower() in ("true", "1", "yes")
-        if not isinstance(anon, bool):
-            raise _rejected("anonymize_unknown must be true or false")
-        out["anonymize_unknown"] = anon
-        mode = params.get("anonymize_mode", "blur")
-        if mode not in ANONYMIZE_MODES:
-            raise _rejected(f"anonymize_mode must be one of {', '.join(ANONYMIZE_MODES)}")
-        out["anonymize_mode"] = mode
-        q = params.get("jpeg_quality", 90)
-        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
-            raise _rejected("jpeg_quality must be an integer within [1, 100]")
-        out["jpeg_quality"] = q
-        return out
+        return VERIFY_SCHEMA.validate(params)
 
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         p = self.validate_params(params)

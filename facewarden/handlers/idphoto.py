@@ -26,6 +26,7 @@ from facewarden.errors import InputRejected, ProcessingFailed
 from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.idphoto_presets import Preset, parse_colour, resolve
 from facewarden.handlers.imageio import DecodedImage
+from facewarden.handlers.params import Param, ParamSchema
 from facewarden.models.protocols import Face
 
 log = structlog.get_logger(__name__)
@@ -54,12 +55,55 @@ REASONS = {
 }
 
 
+def _rounded(lo: float, hi: float, digits: int, what: str):
+    def parse(value: Any) -> float:
+        v = float(value)
+        if not math.isfinite(v) or not lo <= v <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}{what}")
+        return round(v, digits)
+    return parse
+
+
+def _max_kb(value: Any) -> int | None:
+    if value in (None, "", 0, "0"):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number of KB")
+    kb = int(value)
+    if not 5 <= kb <= 10_000:
+        raise ValueError("must be between 5 and 10000")
+    return kb
+
+
+def _background(value: Any) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*parse_colour(value))
+
+
+SCHEMA = ParamSchema("idphoto", [
+    Param("size", "custom", "1-inch", "size preset, 'W_MM,H_MM,DPI' or 'WxH' pixels (see the size table)",
+          parse=lambda v: resolve(v).name, type_text="preset | W_MM,H_MM,DPI | WxH"),
+    Param("background", "custom", "white", "red (255,0,0), blue (67,142,219), white, or #rrggbb",
+          parse=_background, type_text="red | blue | white | #rrggbb"),
+    Param("feather", "custom", 1.5, "soft edge of the person mask, in px", parse=_rounded(0, 20, 2, " px"),
+          type_text="number [0, 20]"),
+    Param("format", "choice", "jpeg", "file format of the photo", choices=("jpeg", "png"),
+          aliases={"jpg": "jpeg", ".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}),
+    Param("max_kb", "custom", None, "size cap for upload portals (JPEG quality search); none = no cap",
+          parse=_max_kb, type_text="integer [5, 10000]"),
+    Param("sheet", "bool", False, "also write a 6-inch print sheet (-sheet suffix) with cut lines"),
+    Param("max_upscale", "custom", 2.0, "never enlarge the face more than this", parse=_rounded(0.5, 8, 3, ""),
+          type_text="number [0.5, 8]"),
+    Param("segmenter", "choice", "fused", "person segmentation model", choices=("fused", "rembg", "mediapipe")),
+], "Segments the person, puts them on a flat background, crops and scales to an ID-photo size.")
+
+
 def _reject(code: str, detail: str = "") -> InputRejected:
     return InputRejected(code, REASONS[code] + (f" ({detail})" if detail else ""))
 
 
 class IdPhotoHandler:
     name = "idphoto"
+    schema = SCHEMA
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -69,40 +113,7 @@ class IdPhotoHandler:
 
     # -- params ---------------------------------------------------------------------------
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        known = {"size", "background", "feather", "format", "max_kb", "sheet", "max_upscale", "segmenter"}
-        extra = set(params) - known
-        if extra:
-            raise InputRejected("params.invalid", f"unknown idphoto params: {', '.join(sorted(extra))}")
-        preset = resolve(params.get("size", "1-inch"))
-        colour = parse_colour(params.get("background", "white"))
-        try:
-            feather = float(params.get("feather", 1.5))
-            max_upscale = float(params.get("max_upscale", 2.0))
-            max_kb = params.get("max_kb")
-            max_kb = None if max_kb in (None, "", 0, "0") else int(max_kb)
-        except (TypeError, ValueError) as exc:
-            raise InputRejected("params.invalid", f"idphoto param is not a number: {exc}") from exc
-        if not 0 <= feather <= 20:
-            raise InputRejected("params.invalid", "feather must be between 0 and 20 px")
-        if not 0.5 <= max_upscale <= 8:
-            raise InputRejected("params.invalid", "max_upscale must be between 0.5 and 8")
-        if max_kb is not None and not 5 <= max_kb <= 10_000:
-            raise InputRejected("params.invalid", "max_kb must be between 5 and 10000")
-        fmt = str(params.get("format", "jpeg")).lower().lstrip(".")
-        fmt = {"jpg": "jpeg"}.get(fmt, fmt)
-        if fmt not in ("jpeg", "png"):
-            raise InputRejected("params.invalid", "format must be jpeg or png")
-        sheet = params.get("sheet", False)
-        if isinstance(sheet, str):
-            sheet = sheet.strip().lower() in ("1", "true", "yes", "on")
-        segmenter = str(params.get("segmenter", "fused")).lower()
-        if segmenter not in ("fused", "rembg", "mediapipe"):
-            raise InputRejected("params.invalid", "segmenter must be fused, rembg or mediapipe")
-        return {
-            "size": preset.name, "background": "#{:02x}{:02x}{:02x}".format(*colour),
-            "feather": round(feather, 2), "format": fmt, "max_kb": max_kb, "sheet": bool(sheet),
-            "max_upscale": round(max_upscale, 3), "segmenter": segmenter,
-        }
+        return SCHEMA.validate(params)
 
     # -- models ---------------------------------------------------------------------------
     def _models(self, ctx: HandlerContext, segmenter: str):
