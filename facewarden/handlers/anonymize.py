@@ -19,7 +19,7 @@ import numpy as np
 import structlog
 
 from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
-from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
+from facewarden.handlers.base import Handler, HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.imageio import DecodedImage, encode
 from facewarden.models.detectors import NAMES as DETECTOR_NAMES
 from facewarden.models.detectors import make_detector
@@ -194,10 +194,11 @@ def _number(params: Mapping[str, Any], key: str, default: float, lo: float, hi: 
     return float(v)
 
 
-class AnonymizeHandler:
+class AnonymizeHandler(Handler):
     """Detects faces with a cached detector and obscures them; see the module docstring."""
 
     name = "anonymize"
+    beside_suffix = "_anonymized"  # what deface users expect: photo.jpg -> photo_anonymized.jpg
     PARAMS = ("detector", "mode", "shape", "margin", "min_score", "fill", "jpeg_quality")
 
     def __init__(self, detector_factory: Callable[..., FaceDetector] = make_detector):

@@ -28,7 +28,7 @@ import numpy as np
 import structlog
 
 from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
-from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
+from facewarden.handlers.base import CommittingHandler, Handler, HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.imageio import DecodedImage, encode
 from facewarden.models.detectors import make_detector
 from facewarden.models.embedders import ALIASES, DEFAULT, make_embedder
@@ -112,7 +112,7 @@ def _common(params: Mapping[str, Any] | None, known: Sequence[str], handler: str
     return params
 
 
-class _FaceHandler:
+class _FaceHandler(Handler):
     """Shared: a cached detector and embedder, and the gallery from the context."""
 
     def _models(self, ctx: HandlerContext, backend: str) -> tuple[FaceDetector, Embedder]:
@@ -168,7 +168,7 @@ def _box(face: Face) -> list[int]:
     return list(face.box)
 
 
-class EnrollHandler(_FaceHandler):
+class EnrollHandler(_FaceHandler, CommittingHandler):
     """Quality-gates one face per photo and, in ``commit``, adds its embedding."""
 
     name = "enroll"

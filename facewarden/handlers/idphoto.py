@@ -23,7 +23,7 @@ import structlog
 from PIL import Image, ImageDraw
 
 from facewarden.errors import InputRejected, ProcessingFailed
-from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
+from facewarden.handlers.base import Handler, HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.idphoto_presets import Preset, parse_colour, resolve
 from facewarden.handlers.imageio import DecodedImage
 from facewarden.models.protocols import Face
@@ -58,7 +58,7 @@ def _reject(code: str, detail: str = "") -> InputRejected:
     return InputRejected(code, REASONS[code] + (f" ({detail})" if detail else ""))
 
 
-class IdPhotoHandler:
+class IdPhotoHandler(Handler):
     name = "idphoto"
 
     def __init__(self) -> None:

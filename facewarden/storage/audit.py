@@ -78,8 +78,10 @@ class VerifyReport:
 class AuditLog:
     """Safe to use from several processes at once: appends are serialised by SQLite."""
 
-    def __init__(self, state_dir: Path | str):
+    def __init__(self, state_dir: Path | str, *, create: bool = True):
         self.dir = Path(state_dir) / "audit"
+        if not create and not (self.dir / "audit.db").is_file():
+            raise FileNotFoundError(f"no audit log at {self.dir}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "audit.db"
         self.head_path = self.dir / "HEAD"
@@ -132,12 +134,11 @@ class AuditLog:
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         return [{**json.loads(r[0]), "hash": r[1]} for r in self._db.conn().execute(sql, args).fetchall()]
 
-    def find_done(self, idem_key: str) -> dict[str, Any] | None:
-        """The first final (ok or rejected) record for this idempotency key, if any."""
-        rows = self._rows(
-            "SELECT record, hash FROM records WHERE idem_key=? AND outcome IN ('ok','rejected') "
-            "ORDER BY seq LIMIT 1", (idem_key,))
-        return rows[0] if rows else None
+    def find_results(self, idem_key: str) -> list[dict[str, Any]]:
+        """Every ok record (first results and their copies) for this idempotency key,
+        oldest first. Failures are never results: a rejected input is tried again."""
+        return self._rows("SELECT record, hash FROM records WHERE idem_key=? AND outcome='ok' ORDER BY seq",
+                          (idem_key,))
 
     def find_job(self, job_id: str) -> dict[str, Any] | None:
         """The record that finished this job, if it was finished (a redelivered job)."""
