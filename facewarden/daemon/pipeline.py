@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import structlog
 
@@ -332,10 +333,9 @@ class Pipeline:
             return None
         out = []
         for key, o in planned:
-            store = self.stores.get(o.get("store", ""))
             try:
-                data = store.read_if_exists(o["key"]) if store is not None else None
-            except FacewardenError:
+                data = self._read_recorded(o)
+            except (FacewardenError, OSError):
                 data = None
             if data is None or _sha256(data) != o.get("sha256"):
                 return None
@@ -343,6 +343,18 @@ class Pipeline:
             out.append(_Planned(key, data, o.get("content_type", "application/octet-stream"), ext,
                                 o.get("suffix", "")))
         return out
+
+    def _read_recorded(self, o: dict[str, Any]) -> bytes | None:
+        """An output named by a record. The record's URI is the truth: a store name may
+        now point elsewhere (``process --out`` names its folder "outgoing" every run)."""
+        store = self.stores.get(o.get("store", ""))
+        if store is not None and (not o.get("uri") or store.uri(o["key"]) == o["uri"]):
+            return store.read_if_exists(o["key"])
+        uri = o.get("uri") or ""
+        if uri.startswith("file://"):
+            path = Path(unquote(urlparse(uri).path))
+            return path.read_bytes() if path.is_file() else None
+        return None
 
     def _duplicate(self, run: _Run, prior: dict[str, Any]) -> Outcome:
         job = run.job

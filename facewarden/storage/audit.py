@@ -68,6 +68,8 @@ def render(record: dict[str, Any]) -> bytes:
 class VerifyReport:
     records: int = 0
     copies_checked: int = 0
+    #: Copies replaced, intact, by the copy of a later record at the same place.
+    superseded: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -80,7 +82,7 @@ class AuditLog:
 
     def __init__(self, state_dir: Path | str, *, create: bool = True):
         self.dir = Path(state_dir) / "audit"
-        if not create and not (self.dir / "audit.db").is_file():
+        if not create and not self.dir.is_dir():
             raise FileNotFoundError(f"no audit log at {self.dir}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "audit.db"
@@ -168,6 +170,15 @@ class AuditLog:
         yield from self._db.conn().execute("SELECT seq, location, record, hash FROM records ORDER BY seq")
 
     # -- verifying -------------------------------------------------------------------
+    def _superseded(self, seq: int, location: str, copy: dict[str, Any]) -> bool:
+        """True when the copy at ``location`` is, intact, the copy of a later record placed
+        at the same location (a newer version of the input, --force, --overwrite)."""
+        later = copy.get("seq")
+        if not isinstance(later, int) or later <= seq or record_hash(copy) != copy.get("hash"):
+            return False
+        row = self._db.conn().execute("SELECT hash, location FROM records WHERE seq=?", (later,)).fetchone()
+        return row is not None and row[0] == copy["hash"] and row[1] == location
+
     def verify(self, read_copy: Callable[[str, dict[str, Any]], bytes | None] | None = None) -> VerifyReport:
         """Walks the whole chain. ``read_copy(location, record)`` returns the bytes of a copy
         beside a result (None when its store is not reachable from here)."""
@@ -197,8 +208,12 @@ class AuditLog:
                 except ValueError:
                     report.problems.append(f"record {seq}: the copy at {location} is not JSON (altered)")
                     continue
-                if copy.get("hash") != stored_hash or record_hash(copy) != stored_hash:
-                    report.problems.append(f"record {seq}: the copy at {location} differs from the log (altered)")
+                if copy.get("hash") == stored_hash and record_hash(copy) == stored_hash:
+                    continue
+                if self._superseded(seq, location, copy):
+                    report.superseded += 1
+                    continue
+                report.problems.append(f"record {seq}: the copy at {location} differs from the log (altered)")
         head = self.head_path.read_text().split() if self.head_path.exists() else []
         if head and (int(head[0]) != expected_seq - 1 or head[1] != prev):
             report.problems.append(f"HEAD names record {head[0]} but the log ends at record {expected_seq - 1} "
