@@ -81,6 +81,9 @@ class UnknownBackend(ConfigError):
 
     code = "backend.unknown"
 
-    def __init__(self, kind: str, name: str, known: list[str] | tuple[str, ...]):
+    def __init__(self, kind: str, name: str, known: list[str] | tuple[str, ...] | set[str]):
         self.kind, self.name, self.known = kind, name, sorted(known)
-        super().__init__(self.code, f"no {kind} named {name!r}; known: {', '.join(self.known) or '(none)'}")
+        # The code names the kind (handler.unknown, store.unknown...), so callers that
+        # report reason codes keep a precise one.
+        super().__init__(f"{kind.replace(' ', '_')}.unknown",
+                         f"no {kind} named {name!r}; known: {', '.join(self.known) or '(none)'}")

@@ -127,12 +127,11 @@ class Facewarden:
                                  min_side=self.settings.limits.min_side)
         ctx = self._context()
         result = handler.run(decoded, clean, ctx)
-        commit = getattr(handler, "commit", None)
-        if commit is not None:
+        if isinstance(handler, handlers.CommittingHandler):
             if self.state_dir is None:
                 raise InputRejected("library.no_state", f"{handler_name} changes the gallery: create the session "
                                     "with Facewarden(state_dir=...) so it has one")
-            commit(result, clean, ctx, input_sha256=sha, input_key=name)
+            handler.commit(result, clean, ctx, input_sha256=sha, input_key=name)
         outputs = [(o.extension, o.content_type, o.data) for o in result.outputs]
         record = None
         if self.state_dir is not None:

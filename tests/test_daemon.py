@@ -74,7 +74,10 @@ def test_picks_up_files_before_and_after_start_including_new_subfolders(dirs):
     assert "differs from the log (altered)" in verify.stdout
 
 
-def test_redropping_identical_bytes_is_recorded_as_duplicate_not_reprocessed(dirs):
+def test_identical_bytes_under_a_second_name_get_their_own_result_as_a_copy(dirs):
+    """Issue 9: a consumer waiting for copy-of-one.jpg's result used to wait forever (the
+    job was a "duplicate" pointing at one.jpg). Now it gets its own result, a copy of the
+    first, recorded as such."""
     daemon = DaemonProcess(dirs["config"], dirs["log"])
     try:
         daemon.wait_event("worker.ready")
@@ -85,11 +88,14 @@ def test_redropping_identical_bytes_is_recorded_as_duplicate_not_reprocessed(dir
     finally:
         daemon.close()
     first, second = audit_rows(dirs["state"])
-    assert first["outcome"] == "ok"
-    assert second["outcome"] == "duplicate"
-    assert second["duplicate_of"]["seq"] == first["seq"]
+    assert first["outcome"] == "ok" and "copy_of" not in first
+    assert second["outcome"] == "ok"
+    assert second["copy_of"] == {"seq": first["seq"], "hash": first["hash"]}
     assert second["idempotency_key"] == first["idempotency_key"]
-    assert not (dirs["outgoing"] / "copy-of-one.jpg").exists()
+    copy = dirs["outgoing"] / "copy-of-one.jpg"
+    assert copy.read_bytes() == (dirs["outgoing"] / "one.jpg").read_bytes()
+    assert second["outputs"][0]["sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert json.loads((dirs["outgoing"] / "copy-of-one.jpg.audit.json").read_text())["hash"] == second["hash"]
 
 
 def test_kill_9_mid_batch_then_restart_processes_every_input_exactly_once(dirs):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,45 +32,73 @@ def _audit_settings(state: Path | None, config: Path | None):
               help="Where a local store named in the records lives, when not in the config (repeatable).")
 def audit_verify(state: Path | None, config: Path | None, roots: tuple[str, ...]) -> None:
     """Walk the whole chain: fails (exit 1) when any record was altered, removed or
-    reordered, or a copy beside a result no longer matches the log."""
+    reordered, when a copy beside a result no longer matches the log, when a store holding
+    copies cannot be reached, or when there is no audit log (or an empty one) to verify."""
     from facewarden.storage.audit import AuditLog
-    from facewarden.storage.stores import open_stores
 
     settings = _audit_settings(state, config)
-    stores = open_stores(settings.all_stores())
-    from facewarden.storage.local import LocalStore
+    try:
+        log = AuditLog(settings.state_dir, create=False)
+    except FileNotFoundError:
+        click.echo(f"FAILED: no audit log under {Path(settings.state_dir).absolute()} "
+                   "(pass --state DIR, or --config with the daemon's state_dir)")
+        sys.exit(1)
+    reader = CopyReader(_verify_stores(settings, config, roots))
+    report = log.verify(reader.read)
+    problems = list(report.problems)
+    if report.records == 0:
+        problems.append(f"the audit log under {Path(settings.state_dir).absolute()} has no records")
+    for name, count in sorted(reader.unreachable.items()):
+        problems.append(f"{count} copies in store {name!r} could not be read from here "
+                        "(pass --config naming that store, or --store-root NAME=DIR)")
+    for problem in problems:
+        click.echo(f"FAIL  {problem}")
+    status = "OK" if not problems else "FAILED"
+    click.echo(f"{status}: {report.records} records, {report.copies_checked} copies beside results checked, "
+               f"{len(problems)} problem(s)")
+    sys.exit(0 if not problems else 1)
 
+
+def _verify_stores(settings: Any, config: Path | None, roots: tuple[str, ...]) -> dict[str, Any]:
+    """The stores named in records: from the config when one is given (S3 included), and
+    from ``--store-root``; the others are found through the records' own file URIs."""
+    from facewarden.storage.local import LocalStore
+    from facewarden.storage.stores import open_stores
+
+    stores = open_stores(settings.all_stores()) if config is not None else {}
     for pair in roots:
         name, _, root = pair.partition("=")
         stores[name] = LocalStore(name, Path(root))
-    log = AuditLog(settings.state_dir)
+    return stores
 
-    def read_copy(location: str, record: dict) -> bytes | None:
+
+class CopyReader:
+    """Reads the copy beside a result for ``AuditLog.verify``; remembers which stores it
+    could not reach, so that verify fails instead of checking fewer copies silently."""
+
+    def __init__(self, stores: dict[str, Any]):
+        self.stores = stores
+        self.unreachable: dict[str, int] = {}
+
+    def read(self, location: str, record: dict) -> bytes | None:
         name, _, key = location.partition(":")
-        store = stores.get(name)
+        store = self.stores.get(name)
         if store is None:
-            # A store named only by flags at run time: the record's own file URI says where.
             path = _copy_path_from_record(record)
-            if path is None:
-                return None
-            return path.read_bytes() if path.exists() else b"missing"
-        try:
-            return store.get(key)
-        except FileNotFoundError:
-            return b"missing"
-        except FacewardenError:
-            return None
-
-    report = log.verify(read_copy)
-    for problem in report.problems:
-        click.echo(f"FAIL  {problem}")
-    status = "OK" if report.ok else "FAILED"
-    click.echo(f"{status}: {report.records} records, {report.copies_checked} copies beside results checked, "
-               f"{len(report.problems)} problem(s)")
-    sys.exit(0 if report.ok else 1)
+            if path is not None:
+                return path.read_bytes() if path.exists() else b"missing"
+        else:
+            try:
+                data = store.read_if_exists(key)
+                return data if data is not None else b"missing"
+            except FacewardenError:
+                pass
+        self.unreachable[name] = self.unreachable.get(name, 0) + 1
+        return None
 
 
 def _copy_path_from_record(record: dict) -> Path | None:
+    """The local file of a record's copy, from the URI of the result it sits beside."""
     from urllib.parse import unquote, urlparse
 
     outputs = record.get("outputs") or []

@@ -80,7 +80,7 @@ def add(subject_id: str, images: tuple[Path, ...], name: str | None, consent: st
         if retain_days is not None:
             params["retain_days"] = retain_days
         failures = process_paths(settings, list(images), out or Path(settings.state_dir) / "enroll-receipts",
-                                 "enroll", params, echo=click.echo)
+                                 "enroll", params, echo=click.echo, replace="own")
         # Name and consent go straight to the (possibly encrypted) gallery, not through the
         # job params, which the append-only audit log would keep after an erasure.
         if (name is not None or consent is not None) and any(s["id"] == subject_id for s in gallery.subjects()):

@@ -79,7 +79,8 @@ class Daemon:
         with self._emit_lock:
             accepted = self.queue.put(job, dedup=dedup)
         if accepted:
-            log.info("job.queued", job_id=job.id, source=event.source, handler=job.handler)
+            log.info("job.queued", job_id=job.id, source=event.source, store=job.store, key=job.key,
+                     handler=job.handler)
         return job.id if accepted else None
 
     def start(self) -> None:

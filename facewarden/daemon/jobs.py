@@ -39,6 +39,13 @@ class Job:
     quarantine_store: str = "quarantine"
     #: Key prefix stripped from the input key before it is placed under target_prefix.
     strip_prefix: str = ""
+    #: Added to the input's stem in output keys (``_anonymized`` when results go beside inputs).
+    output_suffix: str = ""
+    #: An existing object with other content at an output key: never | own | always.
+    #: ``own``: only facewarden's earlier result for this same input key is replaced.
+    replace: str = "own"
+    #: Process even when the target already has this result.
+    force: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempts: int = 0
     created_at: float = field(default_factory=time.time)

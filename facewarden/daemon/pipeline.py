@@ -1,12 +1,23 @@
-"""One job, start to finish: load, hash, dedupe, decode, handle, write, audit, tidy up.
+"""One job, start to finish, as named stages:
+
+    read -> dedupe -> decode -> run -> write -> commit -> record -> dispose
 
 The order is what makes the guarantees:
 - outputs are written only after the handler succeeded (fail closed);
+- no output ever replaces an input, and an existing object with other content is never
+  silently replaced (the job's ``replace`` policy decides);
 - the audit record is appended only after every output is durable;
 - the original is moved or deleted only after the audit record is durable;
 - the queue is acked (by the caller) only after all of that.
 A crash between any two steps leaves a job that, redelivered, converges to the same
 files and exactly one final audit record for the job.
+
+Dedup means "this target already has this result": the same input bytes, handler and
+params (the idempotency key) already produced outputs that are present and intact at
+the keys this job would write in this job's target store. The same bytes under another
+key or for another target get their own result there, copied from the first one when
+its outputs are still readable (the record says ``copy_of``), processed again otherwise.
+Failures are never remembered as seen: a rejected input dropped again is tried again.
 """
 
 from __future__ import annotations
@@ -18,17 +29,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import structlog
 
 from facewarden.config.schema import Settings
 from facewarden.daemon.jobs import Job
-from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
+from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed, UnknownBackend
 from facewarden.handlers import base as handlers
 from facewarden.handlers import imageio
 from facewarden.storage.audit import AuditLog
 from facewarden.storage.base import Store, join_key, safe_key
-from facewarden.storage.local import LocalStore
 
 log = structlog.get_logger("facewarden.pipeline")
 
@@ -51,8 +62,10 @@ def idempotency_key(input_sha256: str, handler: str, params: dict[str, Any]) -> 
 
 
 def output_key(job: Job, extension: str, suffix: str) -> str:
-    """Keeps the input's sub-path and name; keeps its extension when it already names the
-    output's format (photo.JPEG stays photo.JPEG), replaces it otherwise."""
+    """Keeps the input's sub-path and name (plus the job's ``output_suffix``, e.g.
+    ``_anonymized`` for results written beside their input); keeps the input's extension
+    when it already names the output's format (photo.JPEG stays photo.JPEG), replaces it
+    otherwise."""
     rel = job.key
     if job.strip_prefix and rel.startswith(job.strip_prefix):
         rel = rel[len(job.strip_prefix):].lstrip("/")
@@ -60,11 +73,36 @@ def output_key(job: Job, extension: str, suffix: str) -> str:
     if not stem or stem.endswith("/"):
         stem, ext = rel, ""
     keep = not suffix and ext.lower() in _EXT_ALIASES.get(extension, {extension})
-    return join_key(job.target_prefix, stem + suffix + (ext if keep else extension))
+    return join_key(job.target_prefix, stem + job.output_suffix + suffix + (ext if keep else extension))
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One output about to be written: where, what, and (for copies) where it came from."""
+
+    key: str
+    data: bytes
+    content_type: str
+    extension: str
+    suffix: str
+
+
+@dataclass(slots=True)
+class _Run:
+    """What the stages of one job hand each other."""
+
+    job: Job
+    started: float
+    record: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    data: bytes | None = None
+    handler: handlers.Handler | None = None
+    params: dict[str, Any] | None = None
+    idem: str | None = None
 
 
 class Pipeline:
@@ -95,105 +133,259 @@ class Pipeline:
 
     # -- the job ---------------------------------------------------------------------
     def process(self, job: Job) -> Outcome:
-        started = time.time()
-        timings: dict[str, float] = {}
         done = self.audit.find_job(job.id)
         if done is not None:
             # Redelivery of a job whose record is already durable: only tidy-up may be left.
-            self._tidy_original(job, done["outcome"])
-            return Outcome(done["outcome"], done, [o["key"] for o in done.get("outputs", [])], redelivered=True)
+            self._dispose(job, done["outcome"])
+            return Outcome(done["outcome"], done, _keys(done), redelivered=True)
+        run = _Run(job, time.time(), self._base_record(job))
+        early = self._read(run)
+        if early is not None:
+            return early
+        early = self._resolve_handler(run)
+        if early is not None:
+            return early
+        early = self._dedupe(run)
+        if early is not None:
+            return early
+        try:
+            image = self._decode(run)
+            result = self._run_handler(run, image)
+            planned = [_Planned(output_key(job, o.extension, o.suffix), o.data, o.content_type, o.extension, o.suffix)
+                       for o in result.outputs]
+            outputs = self._write(run, planned)
+        except InputRejected as err:
+            return self._quarantine(run, err)
+        self._commit(run, result)
+        run.record.update(outcome="ok", reason=None, outputs=outputs, facts=result.facts,
+                          models=[m.as_dict() for m in result.models], image_notes=list(image.notes))
+        full = self._record(run, outputs)
+        self._dispose(job, "ok")
+        log.info("job.ok", job_id=job.id, source=job.hints.get("source"), store=job.store, key=job.key,
+                 handler=job.handler, target=job.target, outputs=[o["key"] for o in outputs],
+                 faces=result.facts.get("faces"), ms=full["timings"]["total_ms"])
+        return Outcome("ok", full, [o["key"] for o in outputs])
 
+    # -- stages ----------------------------------------------------------------------
+    def _base_record(self, job: Job) -> dict[str, Any]:
+        """The fields every record of this job carries, whatever its outcome."""
+        return {"job_id": job.id, "handler": job.handler, "source": job.hints.get("source"),
+                "attempt": job.attempts + 1, "event_at": job.hints.get("event_at"), "target": job.target,
+                "input": {"store": job.store, "key": job.key}}
+
+    def _read(self, run: _Run) -> Outcome | None:
+        """Reads and hashes the input; finishes the job early when it is gone or too big."""
+        job = run.job
         store = self._store(job.store)
         key = safe_key(job.key)
-        base: dict[str, Any] = {"job_id": job.id, "handler": job.handler, "source": job.hints.get("source"),
-                                "attempt": job.attempts + 1, "event_at": job.hints.get("event_at")}
         info = store.stat(key)
         if info is None:
-            return self._finish_without_input(job, base, started)
-        input_meta = {"store": job.store, "key": key, "uri": store.uri(key), "size": info.size,
-                      "version": info.version}
+            run.record.update(params=job.params, outcome="rejected", outputs=[],
+                              reason={"code": "input.missing", "message": "the input was gone before it could be read"})
+            full = self.audit.append({**run.record, "timings": _finish({}, run.started)})
+            log.warning("job.rejected", job_id=job.id, source=job.hints.get("source"), store=job.store, key=job.key,
+                        code="input.missing")
+            return Outcome("rejected", full)
+        meta = {"store": job.store, "key": key, "uri": store.uri(key), "size": info.size, "version": info.version}
+        run.record["input"] = meta
         if info.size > self.settings.limits.max_bytes:
-            err = InputRejected("input.too_large", f"the file is {info.size} bytes, above the limit of "
-                                f"{self.settings.limits.max_bytes} bytes")
-            return self._quarantine(job, None, {**base, "input": input_meta}, err, started, timings)
-
+            run.record["params"] = job.params
+            return self._quarantine(run, InputRejected(
+                "input.too_large", f"the file is {info.size} bytes, above the limit of "
+                f"{self.settings.limits.max_bytes} bytes"))
         t = time.perf_counter()
-        data = store.get(key)
-        input_meta["sha256"] = _sha256(data)
-        input_meta["size"] = len(data)
-        record = {**base, "input": input_meta}
-        timings["read_ms"] = _ms(t)
+        run.data = store.get(key)
+        meta.update(sha256=_sha256(run.data), size=len(run.data))
+        run.timings["read_ms"] = _ms(t)
+        return None
 
+    def _resolve_handler(self, run: _Run) -> Outcome | None:
+        job = run.job
         try:
-            handler = handlers.get(job.handler)
-            params = handler.validate_params(job.params)
+            run.handler = handlers.get(job.handler)
+            run.params = run.handler.validate_params(job.params)
+        except UnknownBackend as err:
+            run.record["params"] = job.params
+            return self._quarantine(run, InputRejected(err.code, err.message))
         except InputRejected as err:
-            record["params"] = job.params
-            return self._quarantine(job, data, record, err, started, timings)
-        record["params"] = params
-        idem = idempotency_key(input_meta["sha256"], job.handler, params)
-        record["idempotency_key"] = idem
+            run.record["params"] = job.params
+            return self._quarantine(run, err)
+        run.record["params"] = run.params
+        run.idem = idempotency_key(run.record["input"]["sha256"], job.handler, run.params)
+        run.record["idempotency_key"] = run.idem
+        return None
 
-        remote = self._record_beside_result(job, idem)
+    def _dedupe(self, run: _Run) -> Outcome | None:
+        """Finishes the job without running the handler when its target already has the
+        result (duplicate), or when an earlier result can be copied there (ok, copy_of)."""
+        job = run.job
+        remote = self._record_beside_result(job, run.idem)
         if remote is not None and remote.get("job_id") == job.id:
             # Another host finished this very job and died before acking it.
-            self._tidy_original(job, remote["outcome"])
+            self._dispose(job, remote["outcome"])
             log.info("job.already_done_elsewhere", job_id=job.id, host=remote.get("host"))
-            return Outcome(remote["outcome"], remote, [o["key"] for o in remote.get("outputs", [])],
-                           redelivered=True)
-        prior = self.audit.find_done(idem) or remote
-        if prior is not None:
-            record.update(outcome="duplicate", duplicate_of={"seq": prior["seq"], "hash": prior["hash"]},
-                          reason={"code": "input.duplicate",
-                                  "message": f"identical input already processed (record {prior['seq']})"},
-                          outputs=prior.get("outputs", []), timings=_finish(timings, started))
-            full = self.audit.append(record)
-            self._tidy_original(job, "duplicate")
-            log.info("job.duplicate", job_id=job.id, handler=job.handler, duplicate_of=prior["seq"])
-            return Outcome("duplicate", full, [o["key"] for o in prior.get("outputs", [])])
+            return Outcome(remote["outcome"], remote, _keys(remote), redelivered=True)
+        if job.force:
+            return None
+        priors = self.audit.find_results(run.idem)
+        if remote is not None and all(p["hash"] != remote.get("hash") for p in priors):
+            priors.append(remote)
+        target = self._store(job.target)
+        for prior in priors:
+            if self._target_has(job, target, prior):
+                return self._duplicate(run, prior)
+        for prior in priors:
+            copied = self._read_outputs(job, prior)
+            if copied is not None:
+                return self._copy(run, prior, copied)
+        return None
 
+    def _decode(self, run: _Run) -> imageio.DecodedImage:
+        t = time.perf_counter()
+        image = imageio.decode(run.data, max_pixels=self.settings.limits.max_pixels,
+                               min_side=self.settings.limits.min_side)
+        run.timings["decode_ms"] = _ms(t)
+        return image
+
+    def _run_handler(self, run: _Run, image: imageio.DecodedImage) -> handlers.HandlerResult:
+        t = time.perf_counter()
         try:
-            t = time.perf_counter()
-            image = imageio.decode(data, max_pixels=self.settings.limits.max_pixels,
-                                   min_side=self.settings.limits.min_side)
-            timings["decode_ms"] = _ms(t)
-            t = time.perf_counter()
-            result = handler.run(image, params, self.context())
-            timings["handler_ms"] = _ms(t)
-        except InputRejected as err:
-            return self._quarantine(job, data, record, err, started, timings)
+            result = run.handler.run(image, run.params, self.context())
         except FacewardenError:
             raise
         except Exception as exc:
-            raise ProcessingFailed("handler.crashed", f"the {job.handler} handler failed: "
+            raise ProcessingFailed("handler.crashed", f"the {run.job.handler} handler failed: "
                                    f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        run.timings["handler_ms"] = _ms(t)
+        return result
 
-        # Only now, with a complete result in memory, does anything get written.
+    def _write(self, run: _Run, planned: list[_Planned]) -> list[dict[str, Any]]:
+        """Only now, with a complete result in memory, does anything get written. Every
+        output is checked first, so a refused one leaves no partial result behind."""
+        job = run.job
         t = time.perf_counter()
         target = self._store(job.target)
+        for out in planned:
+            self._check_output_slot(job, target, out)
         outputs = []
-        for out in result.outputs:
-            okey = output_key(job, out.extension, out.suffix)
-            target.put(okey, out.data, content_type=out.content_type,
-                       metadata={"facewarden-input-sha256": input_meta["sha256"], "facewarden-job": job.id})
-            outputs.append({"store": job.target, "key": okey, "uri": target.uri(okey), "sha256": _sha256(out.data),
-                            "size": len(out.data), "content_type": out.content_type})
-        commit = getattr(handler, "commit", None)
-        if commit is not None:
-            commit(result, params, self.context(), input_sha256=input_meta["sha256"], input_key=key)
-        timings["write_ms"] = _ms(t)
+        for out in planned:
+            digest = _sha256(out.data)
+            target.put(out.key, out.data, content_type=out.content_type,
+                       metadata={"facewarden-input-sha256": run.record["input"]["sha256"], "facewarden-job": job.id})
+            outputs.append({"store": job.target, "key": out.key, "uri": target.uri(out.key), "sha256": digest,
+                            "size": len(out.data), "content_type": out.content_type,
+                            "extension": out.extension, "suffix": out.suffix})
+        run.timings["write_ms"] = _ms(t)
+        return outputs
 
-        record.update(outcome="ok", reason=None, outputs=outputs, facts=result.facts,
-                      models=[m.as_dict() for m in result.models], image_notes=list(image.notes),
-                      timings=_finish(timings, started))
-        if outputs:
-            where = (job.target, outputs[0]["key"] + AUDIT_SUFFIX)
-        else:
-            where = (job.target, output_key(job, "", "") + AUDIT_SUFFIX)
-        full = self.audit.append(record, place=self._placer(*where))
-        self._tidy_original(job, "ok")
-        log.info("job.ok", job_id=job.id, handler=job.handler, outputs=len(outputs),
-                 faces=result.facts.get("faces"), ms=full["timings"]["total_ms"])
+    def _commit(self, run: _Run, result: handlers.HandlerResult) -> None:
+        """Local state beyond output files (enroll adds to the gallery), after the outputs
+        are durable and before the record: a retried job commits again, idempotently."""
+        if isinstance(run.handler, handlers.CommittingHandler):
+            run.handler.commit(result, run.params, self.context(), input_sha256=run.record["input"]["sha256"],
+                               input_key=run.record["input"]["key"])
+
+    def _record(self, run: _Run, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Appends the final record, with its copy beside the (first) result."""
+        job = run.job
+        run.record["timings"] = _finish(run.timings, run.started)
+        beside = outputs[0]["key"] if outputs else output_key(job, "", "")
+        return self.audit.append(run.record, place=self._placer(job.target, beside + AUDIT_SUFFIX))
+
+    def _dispose(self, job: Job, outcome: str) -> None:
+        """Applies the route's policy for originals; runs only once the record is durable."""
+        if job.originals == "keep":
+            return
+        src = self._store(job.store)
+        if src.stat(job.key) is None:
+            return
+        if outcome in ("rejected", "quarantined") or job.originals == "delete":
+            src.delete(job.key)  # a rejected input's bytes are safe in quarantine already
+        elif job.originals == "move":
+            src.move_to(job.key, self._store(job.processed_store), join_key(job.processed_prefix, job.key))
+
+    # -- dedupe helpers --------------------------------------------------------------
+    def _planned_keys(self, job: Job, prior: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """Where this job would put each of ``prior``'s outputs."""
+        planned = []
+        for o in prior.get("outputs") or []:
+            ext = o.get("extension")
+            if ext is None:  # records written before outputs carried their format
+                ext = posixpath.splitext(o["key"])[1].lower()
+            planned.append((output_key(job, ext, o.get("suffix", "")), o))
+        return planned
+
+    def _target_has(self, job: Job, target: Store, prior: dict[str, Any]) -> bool:
+        planned = self._planned_keys(job, prior)
+        if not planned:  # a result without files: the same input key into the same target
+            return prior.get("target") == job.target and (prior.get("input") or {}).get("key") == job.key
+        for key, o in planned:
+            data = target.read_if_exists(key)
+            if data is None or _sha256(data) != o.get("sha256"):
+                return False
+        return True
+
+    def _read_outputs(self, job: Job, prior: dict[str, Any]) -> list[_Planned] | None:
+        """The prior result's outputs, re-aimed at this job's keys, when every one is
+        still readable and intact; None otherwise (then the handler runs again)."""
+        planned = self._planned_keys(job, prior)
+        if not planned:
+            return None
+        out = []
+        for key, o in planned:
+            try:
+                data = self._read_recorded(o)
+            except (FacewardenError, OSError):
+                data = None
+            if data is None or _sha256(data) != o.get("sha256"):
+                return None
+            ext = o.get("extension") or posixpath.splitext(o["key"])[1].lower()
+            out.append(_Planned(key, data, o.get("content_type", "application/octet-stream"), ext,
+                                o.get("suffix", "")))
+        return out
+
+    def _read_recorded(self, o: dict[str, Any]) -> bytes | None:
+        """An output named by a record. The record's URI is the truth: a store name may
+        now point elsewhere (``process --out`` names its folder "outgoing" every run)."""
+        store = self.stores.get(o.get("store", ""))
+        if store is not None and (not o.get("uri") or store.uri(o["key"]) == o["uri"]):
+            return store.read_if_exists(o["key"])
+        uri = o.get("uri") or ""
+        if uri.startswith("file://"):
+            path = Path(unquote(urlparse(uri).path))
+            return path.read_bytes() if path.is_file() else None
+        return None
+
+    def _duplicate(self, run: _Run, prior: dict[str, Any]) -> Outcome:
+        job = run.job
+        outputs = [{**o, "store": job.target, "key": key} for key, o in self._planned_keys(job, prior)]
+        run.record.update(outcome="duplicate", duplicate_of={"seq": prior["seq"], "hash": prior["hash"]},
+                          reason={"code": "input.duplicate",
+                                  "message": f"this target already has this result (record {prior['seq']})"},
+                          outputs=outputs, timings=_finish(run.timings, run.started))
+        full = self.audit.append(run.record)
+        self._dispose(job, "duplicate")
+        log.info("job.duplicate", job_id=job.id, source=job.hints.get("source"), store=job.store, key=job.key,
+                 handler=job.handler, target=job.target, outputs=[o["key"] for o in outputs],
+                 duplicate_of=prior["seq"])
+        return Outcome("duplicate", full, [o["key"] for o in outputs])
+
+    def _copy(self, run: _Run, prior: dict[str, Any], planned: list[_Planned]) -> Outcome:
+        """The same result for another key or target: a copy of the first one's outputs,
+        recorded as such (``copy_of``), with the first record's facts and models."""
+        job = run.job
+        try:
+            outputs = self._write(run, planned)
+        except InputRejected as err:
+            return self._quarantine(run, err)
+        run.record.update(outcome="ok", reason=None, outputs=outputs, facts=prior.get("facts") or {},
+                          models=prior.get("models") or [], image_notes=prior.get("image_notes") or [],
+                          copy_of={"seq": prior["seq"], "hash": prior["hash"]})
+        full = self._record(run, outputs)
+        self._dispose(job, "ok")
+        log.info("job.ok", job_id=job.id, source=job.hints.get("source"), store=job.store, key=job.key,
+                 handler=job.handler, target=job.target, outputs=[o["key"] for o in outputs], copy_of=prior["seq"],
+                 ms=full["timings"]["total_ms"])
         return Outcome("ok", full, [o["key"] for o in outputs])
 
     def _record_beside_result(self, job: Job, idem: str) -> dict[str, Any] | None:
@@ -204,64 +396,86 @@ class Pipeline:
         if not ext:
             return None
         try:
-            data = self._store(job.target).get(output_key(job, ext, "") + AUDIT_SUFFIX)
-            record = json.loads(data)
-        except (FileNotFoundError, FacewardenError, ValueError):
+            data = self._store(job.target).read_if_exists(output_key(job, ext, "") + AUDIT_SUFFIX)
+            record = json.loads(data) if data is not None else None
+        except (FacewardenError, ValueError):
             return None
-        if record.get("idempotency_key") == idem and record.get("outcome") in ("ok", "rejected"):
+        if record and record.get("idempotency_key") == idem and record.get("outcome") == "ok":
             return record
         return None
+
+    # -- output safety ---------------------------------------------------------------
+    def _check_output_slot(self, job: Job, target: Store, out: _Planned) -> None:
+        """Refuses an output that would replace this job's input, or an existing object
+        whose content differs, unless the job's ``replace`` policy allows it."""
+        src = self._store(job.store)
+        if target.same_location(out.key, src, job.key):
+            raise InputRejected("output.is_input", f"the result {target.uri(out.key)} would replace the input "
+                                "itself; originals are never overwritten (choose another output folder)")
+        existing = target.read_if_exists(out.key)
+        if existing is None or _sha256(existing) == _sha256(out.data) or job.replace == "always":
+            return
+        if job.replace == "own" and self._is_own_result(job, target, out.key):
+            return  # a newer version of the same input replaces its own earlier result
+        if job.attempts > 0 and not self._belongs_to_another_input(job, _sha256(existing)):
+            return  # most likely this job's own write, from an attempt that died before its record
+        raise InputRejected("output.exists", f"{target.uri(out.key)} already exists with different content; "
+                            "refusing to replace it (move it away, or pass --overwrite)")
+
+    def _is_own_result(self, job: Job, target: Store, key: str) -> bool:
+        """True when the object at ``key`` is a result we wrote for this same input key."""
+        try:
+            data = target.read_if_exists(key + AUDIT_SUFFIX)
+            record = json.loads(data) if data is not None else None
+        except (FacewardenError, ValueError):
+            return False
+        if not record:
+            return False
+        inp = record.get("input") or {}
+        return inp.get("store") == job.store and inp.get("key") == job.key and \
+            any(o.get("key") == key for o in record.get("outputs") or [])
+
+    def _belongs_to_another_input(self, job: Job, digest: str) -> bool:
+        return any((r.get("input") or {}).get("key") != job.key
+                   and any(o.get("sha256") == digest for o in r.get("outputs") or [])
+                   for r in self.audit.by_sha256(digest))
 
     # -- failure paths ---------------------------------------------------------------
     def quarantine_after_failure(self, job: Job, err: FacewardenError) -> Outcome:
         """The last attempt failed for a retryable reason: give up, fail closed."""
-        started = time.time()
-        base: dict[str, Any] = {"job_id": job.id, "handler": job.handler, "source": job.hints.get("source"),
-                                "attempt": job.attempts + 1, "params": job.params,
-                                "event_at": job.hints.get("event_at")}
+        run = _Run(job, time.time(), {**self._base_record(job), "params": job.params})
         store = self._store(job.store)
         try:
             info = store.stat(job.key)
         except FacewardenError:
             info = None
-        data = None
-        if info is not None and info.size <= self.settings.limits.max_bytes:
-            data = store.get(job.key)
         meta = {"store": job.store, "key": job.key, "uri": store.uri(job.key)}
-        if data is not None:
-            meta.update(sha256=_sha256(data), size=len(data), version=info.version)
-        base["input"] = meta
-        return self._quarantine(job, data, base, err, started, {}, final_outcome="quarantined")
+        if info is not None and info.size <= self.settings.limits.max_bytes:
+            run.data = store.get(job.key)
+            meta.update(sha256=_sha256(run.data), size=len(run.data), version=info.version)
+        run.record["input"] = meta
+        return self._quarantine(run, err, final_outcome="quarantined")
 
-    def _quarantine(self, job: Job, data: bytes | None, record: dict[str, Any], err: FacewardenError,
-                    started: float, timings: dict[str, float], final_outcome: str = "rejected") -> Outcome:
+    def _quarantine(self, run: _Run, err: FacewardenError, final_outcome: str = "rejected") -> Outcome:
         """Nothing goes to the target store. The input goes to quarantine with its record."""
+        job = run.job
         qstore = self._store(job.quarantine_store)
         qkey = join_key(job.store, job.key)
         moved = False
-        src = self.stores.get(job.store)
-        if data is None and isinstance(src, LocalStore) and isinstance(qstore, LocalStore) \
-                and job.originals != "keep":
-            moved = _move_local(src, job.key, qstore, qkey)
-        elif data is not None:
-            qstore.put(qkey, data, content_type="application/octet-stream")
-        record.update(outcome=final_outcome, reason=err.as_dict(), outputs=[],
-                      quarantine={"store": job.quarantine_store, "key": qkey, "uri": qstore.uri(qkey)},
-                      timings=_finish(timings, started))
-        full = self.audit.append(record, place=self._placer(job.quarantine_store, qkey + AUDIT_SUFFIX))
+        if run.data is not None:
+            qstore.put(qkey, run.data, content_type="application/octet-stream")
+        elif job.originals != "keep":  # not read (too large): move it without loading it here
+            self._store(job.store).move_to(job.key, qstore, qkey)
+            moved = True
+        run.record.update(outcome=final_outcome, reason=err.as_dict(), outputs=[],
+                          quarantine={"store": job.quarantine_store, "key": qkey, "uri": qstore.uri(qkey)},
+                          timings=_finish(run.timings, run.started))
+        full = self.audit.append(run.record, place=self._placer(job.quarantine_store, qkey + AUDIT_SUFFIX))
         if not moved:
-            self._tidy_original(job, final_outcome)
-        log.warning(f"job.{final_outcome}", job_id=job.id, handler=job.handler, code=err.code, reason=err.message)
+            self._dispose(job, final_outcome)
+        log.warning(f"job.{final_outcome}", job_id=job.id, source=job.hints.get("source"), store=job.store,
+                    key=job.key, handler=job.handler, code=err.code, reason=err.message)
         return Outcome(final_outcome, full)
-
-    def _finish_without_input(self, job: Job, base: dict[str, Any], started: float) -> Outcome:
-        record = {**base, "input": {"store": job.store, "key": job.key}, "params": job.params,
-                  "outcome": "rejected", "outputs": [],
-                  "reason": {"code": "input.missing", "message": "the input was gone before it could be read"},
-                  "timings": _finish({}, started)}
-        full = self.audit.append(record)
-        log.warning("job.rejected", job_id=job.id, code="input.missing")
-        return Outcome("rejected", full)
 
     # -- helpers ---------------------------------------------------------------------
     def _store(self, name: str) -> Store:
@@ -278,26 +492,6 @@ class Pipeline:
             return f"{store_name}:{key}"
 
         return place
-
-    def _tidy_original(self, job: Job, outcome: str) -> None:
-        """Applies the route's policy for originals; runs only once the record is durable."""
-        if job.originals == "keep":
-            return
-        src = self._store(job.store)
-        if src.stat(job.key) is None:
-            return
-        if outcome in ("rejected", "quarantined"):
-            src.delete(job.key)  # its bytes are safe in quarantine already
-            return
-        if job.originals == "delete":
-            src.delete(job.key)
-        elif job.originals == "move":
-            dest = self._store(job.processed_store)
-            dkey = join_key(job.processed_prefix, job.key)
-            both_local = isinstance(src, LocalStore) and isinstance(dest, LocalStore)
-            if not (both_local and _move_local(src, job.key, dest, dkey)):
-                dest.put(dkey, src.get(job.key))
-                src.delete(job.key)
 
 
 class _LazyServices(dict):
@@ -318,16 +512,8 @@ class _LazyServices(dict):
         return value
 
 
-def _move_local(src: LocalStore, key: str, dest: LocalStore, dkey: str) -> bool:
-    import os
-
-    try:
-        target = dest.path_of(dkey)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src.path_of(key), target)
-        return True
-    except OSError:
-        return False
+def _keys(record: dict[str, Any]) -> list[str]:
+    return [o["key"] for o in record.get("outputs") or []]
 
 
 def _ms(t0: float) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 import structlog
 
 from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
-from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
+from facewarden.handlers.base import Handler, HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.imageio import DecodedImage, encode
 from facewarden.handlers.params import Param, ParamSchema
 from facewarden.models.detectors import NAMES as DETECTOR_NAMES
@@ -203,19 +203,17 @@ SCHEMA = ParamSchema("anonymize", [
 ], "Finds every face and blurs, pixelates or fills it; strips all metadata.")
 
 
-class AnonymizeHandler:
+class AnonymizeHandler(Handler):
     """Detects faces with a cached detector and obscures them; see the module docstring."""
 
     name = "anonymize"
     schema = SCHEMA
+    beside_suffix = "_anonymized"  # what deface users expect: photo.jpg -> photo_anonymized.jpg
 
     def __init__(self, detector_factory: Callable[..., FaceDetector] = make_detector):
         # The factory is a seam for tests that need a detector that fails the way a broken
         # model would; production always uses the cached ``make_detector``.
         self._factory = detector_factory
-
-    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return SCHEMA.validate(params)
 
     def _detector(self, ctx: HandlerContext, params: Mapping[str, Any]) -> FaceDetector:
         try:

@@ -8,14 +8,16 @@ it never writes anything itself, which is what lets the worker fail closed.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
-from facewarden.errors import InputRejected
 from facewarden.handlers.imageio import DecodedImage
+from facewarden.handlers.params import ParamSchema
 from facewarden.models.protocols import ModelId
+from facewarden.registry import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,18 @@ class HandlerContext:
     services: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Handler(Protocol):
-    name: str
+class Handler(abc.ABC):
+    """A pure function from (image, params) to outputs and facts, plus model warm-up."""
+
+    name: ClassVar[str]
+    #: The handler's params: validates them and documents them (`facewarden handlers`).
+    schema: ClassVar[ParamSchema]
+
+    @property
+    def beside_suffix(self) -> str:
+        """Added to an input's stem when the result is written beside it
+        (``facewarden process`` without ``--out``): photo.jpg -> photo_idphoto.jpg."""
+        return f"_{self.name}"
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Normalises params (types, defaults) or raises ``InputRejected('params.invalid')``.
@@ -57,55 +69,42 @@ class Handler(Protocol):
         The normalised dict is what goes into the idempotency key, so equal meaning gives
         equal keys.
         """
-        ...
+        return self.schema.validate(params)
 
-    def warm_up(self, ctx: HandlerContext, params: Mapping[str, Any]) -> None:
+    def warm_up(self, ctx: HandlerContext, params: Mapping[str, Any]) -> None:  # noqa: B027 - optional
         """Loads models for these params; called once per worker process before work."""
-        ...
 
-    def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
-        ...
+    @abc.abstractmethod
+    def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult: ...
 
 
-class CommittingHandler(Handler, Protocol):
+class CommittingHandler(Handler):
     """A handler whose result changes local state beyond output files (enroll adds to the
     gallery). The worker calls ``commit`` after the outputs are durable and before the
     audit record is appended; it must be idempotent (a retried job commits again)."""
 
+    @abc.abstractmethod
     def commit(self, result: HandlerResult, params: Mapping[str, Any], ctx: HandlerContext,
                *, input_sha256: str, input_key: str) -> None: ...
 
 
-_FACTORIES: dict[str, Callable[[], Handler]] = {}
+#: Handlers by name; each handler file registers its class (or a factory) on import.
+HANDLERS: Registry[Callable[[], Handler]] = Registry("handler", "facewarden.handlers",
+                                                     ("anonymize", "idphoto", "enroll"))
 _INSTANCES: dict[str, Handler] = {}
 
 
 def register(name: str, factory: Callable[[], Handler]) -> None:
-    _FACTORIES[name] = factory
+    HANDLERS.register(name, factory)
 
 
 def names() -> list[str]:
-    _load_builtin()
-    return sorted(_FACTORIES)
+    return HANDLERS.names()
 
 
 def get(name: str) -> Handler:
-    """One instance per process, so models a handler caches load once per worker."""
-    _load_builtin()
-    if name not in _FACTORIES:
-        raise InputRejected("handler.unknown", f"no handler named {name!r}; known: {', '.join(sorted(_FACTORIES))}")
+    """One instance per process, so models a handler caches load once per worker.
+    Raises ``UnknownBackend`` (code ``handler.unknown``) listing the known names."""
     if name not in _INSTANCES:
-        _INSTANCES[name] = _FACTORIES[name]()
+        _INSTANCES[name] = HANDLERS.get(name)()
     return _INSTANCES[name]
-
-
-def _load_builtin() -> None:
-    # Imported lazily so that `facewarden --help` does not load model runtimes.
-    import importlib
-
-    for module in ("anonymize", "idphoto", "enroll"):
-        try:
-            importlib.import_module(f"facewarden.handlers.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"facewarden.handlers.{module}":
-                raise

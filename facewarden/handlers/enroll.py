@@ -28,7 +28,7 @@ import numpy as np
 import structlog
 
 from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
-from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
+from facewarden.handlers.base import CommittingHandler, Handler, HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.imageio import DecodedImage, encode
 from facewarden.handlers.params import Param, ParamSchema
 from facewarden.models.detectors import make_detector
@@ -126,7 +126,7 @@ VERIFY_SCHEMA = ParamSchema("verify", [
 ], "Matches every face in a photo against the gallery: a check-in record naming each face or unknown.")
 
 
-class _FaceHandler:
+class _FaceHandler(Handler):
     """Shared: a cached detector and embedder, and the gallery from the context."""
 
     def _models(self, ctx: HandlerContext, backend: str) -> tuple[FaceDetector, Embedder]:
@@ -182,14 +182,11 @@ def _box(face: Face) -> list[int]:
     return list(face.box)
 
 
-class EnrollHandler(_FaceHandler):
+class EnrollHandler(_FaceHandler, CommittingHandler):
     """Quality-gates one face per photo and, in ``commit``, adds its embedding."""
 
     name = "enroll"
     schema = ENROLL_SCHEMA
-
-    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return ENROLL_SCHEMA.validate(params)
 
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         p = self.validate_params(params)
@@ -273,9 +270,6 @@ class VerifyHandler(_FaceHandler):
 
     name = "verify"
     schema = VERIFY_SCHEMA
-
-    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return VERIFY_SCHEMA.validate(params)
 
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         p = self.validate_params(params)

@@ -23,7 +23,7 @@ import structlog
 from PIL import Image, ImageDraw
 
 from facewarden.errors import InputRejected, ProcessingFailed
-from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
+from facewarden.handlers.base import Handler, HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.idphoto_presets import Preset, parse_colour, resolve
 from facewarden.handlers.imageio import DecodedImage
 from facewarden.handlers.params import Param, ParamSchema
@@ -101,7 +101,7 @@ def _reject(code: str, detail: str = "") -> InputRejected:
     return InputRejected(code, REASONS[code] + (f" ({detail})" if detail else ""))
 
 
-class IdPhotoHandler:
+class IdPhotoHandler(Handler):
     name = "idphoto"
     schema = SCHEMA
 
@@ -112,9 +112,6 @@ class IdPhotoHandler:
         self._segmenters: dict[str, Any] = {}
 
     # -- params ---------------------------------------------------------------------------
-    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return SCHEMA.validate(params)
-
     # -- models ---------------------------------------------------------------------------
     def _models(self, ctx: HandlerContext, segmenter: str):
         with self._lock:

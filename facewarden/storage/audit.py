@@ -68,6 +68,8 @@ def render(record: dict[str, Any]) -> bytes:
 class VerifyReport:
     records: int = 0
     copies_checked: int = 0
+    #: Copies replaced, intact, by the copy of a later record at the same place.
+    superseded: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -78,8 +80,10 @@ class VerifyReport:
 class AuditLog:
     """Safe to use from several processes at once: appends are serialised by SQLite."""
 
-    def __init__(self, state_dir: Path | str):
+    def __init__(self, state_dir: Path | str, *, create: bool = True):
         self.dir = Path(state_dir) / "audit"
+        if not create and not self.dir.is_dir():
+            raise FileNotFoundError(f"no audit log at {self.dir}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "audit.db"
         self.head_path = self.dir / "HEAD"
@@ -132,12 +136,11 @@ class AuditLog:
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         return [{**json.loads(r[0]), "hash": r[1]} for r in self._db.conn().execute(sql, args).fetchall()]
 
-    def find_done(self, idem_key: str) -> dict[str, Any] | None:
-        """The first final (ok or rejected) record for this idempotency key, if any."""
-        rows = self._rows(
-            "SELECT record, hash FROM records WHERE idem_key=? AND outcome IN ('ok','rejected') "
-            "ORDER BY seq LIMIT 1", (idem_key,))
-        return rows[0] if rows else None
+    def find_results(self, idem_key: str) -> list[dict[str, Any]]:
+        """Every ok record (first results and their copies) for this idempotency key,
+        oldest first. Failures are never results: a rejected input is tried again."""
+        return self._rows("SELECT record, hash FROM records WHERE idem_key=? AND outcome='ok' ORDER BY seq",
+                          (idem_key,))
 
     def find_job(self, job_id: str) -> dict[str, Any] | None:
         """The record that finished this job, if it was finished (a redelivered job)."""
@@ -167,6 +170,15 @@ class AuditLog:
         yield from self._db.conn().execute("SELECT seq, location, record, hash FROM records ORDER BY seq")
 
     # -- verifying -------------------------------------------------------------------
+    def _superseded(self, seq: int, location: str, copy: dict[str, Any]) -> bool:
+        """True when the copy at ``location`` is, intact, the copy of a later record placed
+        at the same location (a newer version of the input, --force, --overwrite)."""
+        later = copy.get("seq")
+        if not isinstance(later, int) or later <= seq or record_hash(copy) != copy.get("hash"):
+            return False
+        row = self._db.conn().execute("SELECT hash, location FROM records WHERE seq=?", (later,)).fetchone()
+        return row is not None and row[0] == copy["hash"] and row[1] == location
+
     def verify(self, read_copy: Callable[[str, dict[str, Any]], bytes | None] | None = None) -> VerifyReport:
         """Walks the whole chain. ``read_copy(location, record)`` returns the bytes of a copy
         beside a result (None when its store is not reachable from here)."""
@@ -196,8 +208,12 @@ class AuditLog:
                 except ValueError:
                     report.problems.append(f"record {seq}: the copy at {location} is not JSON (altered)")
                     continue
-                if copy.get("hash") != stored_hash or record_hash(copy) != stored_hash:
-                    report.problems.append(f"record {seq}: the copy at {location} differs from the log (altered)")
+                if copy.get("hash") == stored_hash and record_hash(copy) == stored_hash:
+                    continue
+                if self._superseded(seq, location, copy):
+                    report.superseded += 1
+                    continue
+                report.problems.append(f"record {seq}: the copy at {location} differs from the log (altered)")
         head = self.head_path.read_text().split() if self.head_path.exists() else []
         if head and (int(head[0]) != expected_seq - 1 or head[1] != prev):
             report.problems.append(f"HEAD names record {head[0]} but the log ends at record {expected_seq - 1} "

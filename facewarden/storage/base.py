@@ -7,12 +7,14 @@ event, a webhook body) passes through ``safe_key`` before any store sees it.
 
 from __future__ import annotations
 
+import abc
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any
 
 from facewarden.errors import UnsafeKey
+from facewarden.registry import Registry
 
 MAX_KEY_BYTES = 1024
 
@@ -51,24 +53,63 @@ def join_key(prefix: str, key: str) -> str:
     return safe_key(f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key)
 
 
-@runtime_checkable
-class Store(Protocol):
+class Store(abc.ABC):
     """A place holding objects by key. Writes are atomic: a reader sees the old object,
-    the new one, or none, never a partial one."""
+    the new one, or none, never a partial one.
+
+    Every capability the daemon uses is declared here; the optional ones have a default
+    that works on any backend (dramatiq-style), and a backend overrides them only to do
+    better (a rename instead of copy+delete). Callers never probe with getattr/isinstance.
+    """
 
     name: str
 
-    def get(self, key: str) -> bytes: ...
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes; raises ``FileNotFoundError`` (or a subclass) when absent."""
 
+    @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo | None: ...
 
+    @abc.abstractmethod
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             metadata: dict[str, str] | None = None) -> None: ...
 
-    def delete(self, key: str) -> None: ...
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Removes the object; a missing one is not an error."""
 
+    @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
 
+    @abc.abstractmethod
     def uri(self, key: str) -> str:
         """A human- and audit-friendly location, e.g. ``file:///srv/out/a.jpg``."""
-        ...
+
+    # -- capabilities with defaults ----------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def read_if_exists(self, key: str) -> bytes | None:
+        """The bytes, or None when the object is absent."""
+        try:
+            return self.get(key)
+        except FileNotFoundError:
+            return None
+
+    def move_to(self, key: str, dest: Store, dest_key: str) -> None:
+        """Moves an object, within this store or to another one. The default copies then
+        deletes (a crash in between leaves both, never neither); backends that can rename
+        in one step override it."""
+        dest.put(dest_key, self.get(key))
+        self.delete(key)
+
+    def same_location(self, key: str, other: Store, other_key: str) -> bool:
+        """True when (self, key) and (other, other_key) name the same object, e.g. two
+        local stores whose roots overlap. The default compares URIs."""
+        return self.uri(key) == other.uri(other_key)
+
+
+#: Store backends by config ``type``; each backend file registers itself.
+#: A factory takes (name, store config) and returns a Store.
+STORES: Registry[Callable[[str, Any], Store]] = Registry("store", "facewarden.storage", ("local", "s3"))

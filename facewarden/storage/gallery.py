@@ -336,10 +336,6 @@ class Gallery:
         return {"subject": {k: s[k] for k in ("id", "name", "consent", "created", "retain_until")},
                 "embeddings": embs, "encrypted_at_rest": self.encrypted}
 
-    def has_embedding(self, subject: str, backend: str, photo_sha256: str) -> bool:
-        return self._db().execute("SELECT 1 FROM embeddings WHERE subject = ? AND backend = ? AND photo_sha256 = ?",
-                                  (subject, backend, photo_sha256)).fetchone() is not None
-
     def count(self, backend: str | None = None) -> int:
         if backend is None:
             return self._db().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
@@ -382,13 +378,6 @@ def _runs(subjects: list[str], vecs: list[np.ndarray]) -> tuple[np.ndarray, np.n
             starts.append(i)
             ids.append(s)
     return mat, np.asarray(starts, np.int64), ids
-
-
-def build_index(subjects: list[str], mat: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(subjects sorted, matrix) -> the layout ``search_matrix`` takes; used by bench/."""
-    order = np.argsort(np.asarray(subjects), kind="stable")
-    sorted_subjects = [subjects[i] for i in order]
-    return _runs(sorted_subjects, list(np.asarray(mat, np.float32)[order]))
 
 
 def search_matrix(mat: np.ndarray, starts: np.ndarray, ids: list[str], vectors: np.ndarray, *, k: int = 1,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from facewarden.errors import StoreError, UnsafeKey
-from facewarden.storage.base import ObjectInfo, safe_key
+from facewarden.storage.base import STORES, ObjectInfo, Store, safe_key
 
 #: Temp files start with a dot so that folder sources (which ignore dot files) never see them.
 TMP_PREFIX = ".fw-tmp-"
@@ -24,7 +24,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class LocalStore:
+class LocalStore(Store):
     def __init__(self, name: str, root: Path | str, *, fsync: bool = True):
         self.name = name
         self.root = Path(root).absolute()
@@ -101,3 +101,28 @@ class LocalStore:
 
     def uri(self, key: str) -> str:
         return (self.root / key).as_uri() if "\n" not in key else f"file://{self.root}/{key!r}"
+
+    def move_to(self, key: str, dest: Store, dest_key: str) -> None:
+        """A rename when both ends are folders on one file system; copy+delete otherwise."""
+        if isinstance(dest, LocalStore):
+            try:
+                target = dest.path_of(dest_key)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.path_of(key), target)
+                if dest.fsync:
+                    _fsync_dir(target.parent)
+                return
+            except OSError:
+                pass  # another file system (EXDEV) or a permission problem: copy instead
+        super().move_to(key, dest, dest_key)
+
+    def same_location(self, key: str, other: Store, other_key: str) -> bool:
+        if isinstance(other, LocalStore):
+            try:
+                return self.path_of(key).resolve() == other.path_of(other_key).resolve()
+            except (OSError, UnsafeKey):
+                return False
+        return False
+
+
+STORES.register("local", lambda name, cfg: LocalStore(name, cfg.root, fsync=cfg.fsync))

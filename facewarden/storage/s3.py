@@ -19,7 +19,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from facewarden.errors import StoreError
-from facewarden.storage.base import ObjectInfo, join_key, safe_key
+from facewarden.storage.base import STORES, ObjectInfo, Store, join_key, safe_key
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +78,7 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-class S3Store:
+class S3Store(Store):
     """One bucket (and an optional key prefix inside it) under a configured name.
 
     Keys given to and returned by this store are relative to ``prefix``; the prefix is
@@ -162,14 +162,6 @@ class S3Store:
         return ObjectInfo(key=safe_key(key), size=int(resp.get("ContentLength", 0)),
                           version=str(resp.get("ETag", "")).strip('"'))
 
-    def head_metadata(self, key: str) -> dict[str, str]:
-        """The x-amz-meta-* pairs of an object (names lower-case, values as stored)."""
-        try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail("HEAD", key, exc) from exc
-        return dict(resp.get("Metadata", {}))
-
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             metadata: dict[str, str] | None = None) -> None:
         bkey = self.full_key(key)
@@ -233,3 +225,6 @@ class S3Store:
 
     def __repr__(self) -> str:
         return f"S3Store({self.name!r}, s3://{self.bucket}/{self.prefix})"
+
+
+STORES.register("s3", S3Store)

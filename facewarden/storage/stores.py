@@ -1,22 +1,14 @@
-"""Opening the configured stores by name; one backend per file."""
+"""Opening the configured stores by name; each backend registers itself in its own file."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from facewarden.storage.base import Store
+from facewarden.storage.base import STORES, Store
 
 
 def open_store(name: str, cfg: Any) -> Store:
-    if cfg.type == "local":
-        from facewarden.storage.local import LocalStore
-
-        return LocalStore(name, cfg.root, fsync=cfg.fsync)
-    if cfg.type == "s3":
-        from facewarden.storage.s3 import S3Store
-
-        return S3Store(name, cfg)
-    raise ValueError(f"unknown store type {cfg.type!r}")
+    return STORES.get(cfg.type)(name, cfg)
 
 
 def open_stores(configs: dict[str, Any]) -> dict[str, Store]:

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from facewarden.config.schema import Settings
-from facewarden.daemon.queues.base import Queue
+from facewarden.daemon.queues.base import QUEUES, Queue
 
 
 def open_queue(settings: Settings) -> Queue:
-    if settings.queue.backend == "rabbitmq":
-        from facewarden.daemon.queues.rabbitmq import RabbitMQQueue
-
-        return RabbitMQQueue(settings.queue.rabbitmq, state_dir=Path(settings.state_dir))
-    from facewarden.daemon.queues.sqlite import SqliteQueue
-
-    return SqliteQueue(Path(settings.state_dir) / "queue.db")
+    return QUEUES.get(settings.queue.backend)(settings)

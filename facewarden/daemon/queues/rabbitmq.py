@@ -57,7 +57,7 @@ import structlog
 from facewarden.config.schema import RabbitMQConfig
 from facewarden.daemon import metrics
 from facewarden.daemon.jobs import Job
-from facewarden.daemon.queues.base import Lease
+from facewarden.daemon.queues.base import QUEUES, Lease, Queue
 from facewarden.errors import ConfigError, ProcessingFailed
 
 log = structlog.get_logger(__name__)
@@ -234,7 +234,7 @@ class _Link:
             self.lock.release()
 
 
-class RabbitMQQueue:
+class RabbitMQQueue(Queue):
     """``Queue`` over a RabbitMQ quorum queue. Safe to share between threads of one
     process; a forked child transparently opens its own connections."""
 
@@ -576,3 +576,6 @@ def _reason_headers(reason: dict[str, str], deliveries: int) -> dict[str, Any]:
         HDR_REASON_MESSAGE: str(reason.get("message", ""))[:1000],
         HDR_DELIVERIES: deliveries,
     }
+
+
+QUEUES.register("rabbitmq", lambda settings: RabbitMQQueue(settings.queue.rabbitmq, state_dir=Path(settings.state_dir)))

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from facewarden.daemon.jobs import Job
-from facewarden.daemon.queues.base import Lease
+from facewarden.daemon.queues.base import QUEUES, Lease, Queue
 from facewarden.storage.sqlite_db import SharedDatabase
 
 _SCHEMA = """
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS seen (
 """
 
 
-class SqliteQueue:
+class SqliteQueue(Queue):
     def __init__(self, path: Path | str, *, poll_interval: float = 0.02):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,3 +128,6 @@ class SqliteQueue:
 
     def close(self) -> None:
         self._shared.close()
+
+
+QUEUES.register("sqlite", lambda settings: SqliteQueue(Path(settings.state_dir) / "queue.db"))

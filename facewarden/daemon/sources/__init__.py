@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from facewarden.daemon.jobs import Event
-from facewarden.errors import ConfigError
+from facewarden.errors import UnknownBackend
 
 #: Enqueues the event's job durably before returning; returns the job id, or None when
 #: no route took the event or it was a repeat already queued.
@@ -104,6 +104,5 @@ def build_source(cfg: Any, ctx: SourceContext) -> Source:
     _load_builtin()
     factory = _FACTORIES.get(cfg.type)
     if factory is None:
-        raise ConfigError("config.invalid",
-                          f"sources: unknown source type {cfg.type!r} (known: {sorted(_FACTORIES)})")
+        raise UnknownBackend("source type", cfg.type, list(_FACTORIES))
     return factory(cfg, ctx)
