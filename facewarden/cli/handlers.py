@@ -14,7 +14,9 @@ def schemas(only: str | None = None) -> list[dict]:
     from facewarden.handlers import base as handlers
 
     names = [only] if only else handlers.names()
-    return [handlers.get(name).schema.describe() for name in names]
+    found = [handlers.get(name) for name in names]
+    # A handler that validates its params by itself (no schema) cannot be described.
+    return [h.schema.describe() for h in found if getattr(h, "schema", None) is not None]
 
 
 def markdown_table(description: dict) -> str:
