@@ -16,10 +16,13 @@ An existing output with other content is refused (reason ``output.exists``) unle
 
 from __future__ import annotations
 
+import concurrent.futures
 import fnmatch
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,50 +77,169 @@ def plan_inputs(inputs: list[Path], out: Path | None, beside_suffix: str) -> tup
     return root, list(dict.fromkeys(files))
 
 
-def process_paths(settings: Settings, inputs: list[Path], out: Path | None, handler: str, params: dict[str, Any],
-                  *, echo: Callable[[str], None] = print, replace: str = "never", force: bool = False) -> int:
-    """Returns the number of inputs that did not succeed."""
-    try:  # bad params are the caller's mistake, not the inputs': say so once, touch nothing
+@dataclass(slots=True)
+class BatchItem:
+    """What happened to one input, for the caller to print (a line, JSON, a summary)."""
+
+    path: Path
+    outcome: str  # ok | duplicate | rejected | quarantined
+    outputs: list[str] = field(default_factory=list)
+    reason: dict[str, Any] | None = None
+    faces: int | None = None
+    copy_of: int | None = None
+    record: dict[str, Any] | None = None  # seq and hash of the audit record
+    seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome in ("ok", "duplicate")
+
+
+class _BatchPlan:
+    """Everything a worker process needs to rebuild the same pipeline (picklable)."""
+
+    def __init__(self, settings: Settings, root: Path, out: Path | None) -> None:
+        self.settings, self.root, self.out = settings, root, out
+
+    def stores(self) -> dict[str, Any]:
+        stores = open_stores(self.settings.all_stores())
+        stores[INPUT_STORE] = LocalStore(INPUT_STORE, self.root)
+        if self.out is not None:
+            stores[OUTPUT_STORE] = LocalStore(OUTPUT_STORE, self.out)
+        return stores
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline(self.settings, self.stores())
+
+
+def plan_jobs(settings: Settings, inputs: list[Path], out: Path | None, handler: str, params: dict[str, Any],
+              *, replace: str = "never", force: bool = False
+              ) -> tuple[_BatchPlan, list[tuple[Path, Job]], list[BatchItem]]:
+    """Validates params once (a bad one is the caller's mistake: UsageError, nothing touched),
+    lists the inputs, and makes one job per input. Inputs refused by name come back as items."""
+    try:
         chosen = handlers.get(handler)
         params = chosen.validate_params(params)
     except (InputRejected, UnknownBackend) as err:
         raise UsageError(err.code, err.message) from err
     root, files = plan_inputs(inputs, out, chosen.beside_suffix)
-    stores = open_stores(settings.all_stores())
-    stores[INPUT_STORE] = LocalStore(INPUT_STORE, root)
-    if out is not None:
-        stores[OUTPUT_STORE] = LocalStore(OUTPUT_STORE, out)
-    pipeline = Pipeline(settings, stores)
-    # Models are checked once, up front: a missing one stops the batch with one line
-    # (ModelError -> exit 78) instead of quarantining every input one by one.
-    chosen.warm_up(pipeline.context(), params)
+    plan = _BatchPlan(settings, root, out)
+    inputs_store = LocalStore(INPUT_STORE, root)
     jobs: list[tuple[Path, Job]] = []
+    refused: list[BatchItem] = []
     for f in files:
         try:
-            key = stores[INPUT_STORE].key_of(f)
+            key = inputs_store.key_of(f)
         except FacewardenError as err:
-            echo(f"{f}: rejected [{err.code}] {err.message}")
+            refused.append(BatchItem(f, "rejected", reason=err.as_dict()))
             continue
         jobs.append((f, Job(handler=handler, params=params, store=INPUT_STORE, key=key,
                             target=OUTPUT_STORE if out is not None else INPUT_STORE,
                             output_suffix="" if out is not None else chosen.beside_suffix,
                             replace=replace, force=force, hints={"source": "cli", "event_at": time.time()})))
+    return plan, jobs, refused
+
+
+def run_batch(plan: _BatchPlan, jobs: list[tuple[Path, Job]], *, workers: int = 1) -> Iterator[BatchItem]:
+    """Runs the jobs and yields one item per input as each finishes (order of completion).
+
+    One worker runs in this process. More run in forked worker processes, each building
+    its own pipeline and loading its models once; this process loads none (forking after
+    model runtimes started their threads is unsafe). Models are checked up front either
+    way: a missing one raises ModelError before any input is touched."""
+    if not jobs:
+        return
+    workers = max(1, min(workers, len(jobs)))
+    handler = jobs[0][1].handler
+    params = jobs[0][1].params
+    if workers == 1:
+        pipeline = plan.pipeline()
+        handlers.get(handler).warm_up(pipeline.context(), params)
+        for path, job in jobs:
+            yield _item(path, job, pipeline, plan.settings)
+        return
+    check_models(plan.settings)
+    _WORKER_COUNT[0] = workers
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                                initargs=(plan, handler, params)) as pool:
+        futures = [pool.submit(_worker_run, path, job) for path, job in jobs]
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                yield fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def check_models(settings: Settings) -> None:
+    """Every installed model file is there, without loading any (the parent of worker
+    processes must not start model runtimes); each load still checks its sha256."""
+    from facewarden.errors import ModelError
+    from facewarden.models.registry import FIX_HINT, MODELS, ModelStore, PackageFile
+
+    store = ModelStore(Path(settings.models_dir))
+    for spec in MODELS.values():
+        path = store.path_of(spec)
+        if not isinstance(spec.origin, PackageFile) and not path.is_file():
+            raise ModelError("model.missing", f"model {spec.name} is not installed at {path}: {FIX_HINT}")
+
+
+_WORKER: dict[str, Any] = {}
+_WORKER_COUNT = [1]  # set before forking: each worker's share of the cores
+
+
+def _worker_init(plan: _BatchPlan, handler: str, params: dict[str, Any]) -> None:
+    import signal
+
+    from facewarden.daemon.pool import limit_native_threads
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the batch stops
+    limit_native_threads(_WORKER_COUNT[0])
+    pipeline = plan.pipeline()
+    handlers.get(handler).warm_up(pipeline.context(), params)
+    _WORKER.update(pipeline=pipeline, settings=plan.settings)
+
+
+def _worker_run(path: Path, job: Job) -> BatchItem:
+    return _item(path, job, _WORKER["pipeline"], _WORKER["settings"])
+
+
+def _item(path: Path, job: Job, pipeline: Pipeline, settings: Settings) -> BatchItem:
+    t0 = time.perf_counter()
+    outcome = _run_with_retries(pipeline, job, settings)
+    rec = outcome.record
+    faces = (rec.get("facts") or {}).get("faces")
+    return BatchItem(path, outcome.outcome, list(outcome.outputs), rec.get("reason"),
+                     faces if isinstance(faces, int) else None,
+                     (rec.get("copy_of") or {}).get("seq"),
+                     {"seq": rec.get("seq"), "hash": rec.get("hash")}, time.perf_counter() - t0)
+
+
+def process_paths(settings: Settings, inputs: list[Path], out: Path | None, handler: str, params: dict[str, Any],
+                  *, echo: Callable[[str], None] = print, replace: str = "never", force: bool = False,
+                  workers: int = 1) -> int:
+    """Runs a batch printing one line per input; returns the number of inputs that did not
+    succeed. (The CLI renders items itself: progress, JSON, summary.)"""
+    plan, jobs, refused = plan_jobs(settings, inputs, out, handler, params, replace=replace, force=force)
     failures = 0
-    for path, job in jobs:
-        outcome = _run_with_retries(pipeline, job, settings)
-        shown = repr(str(path)) if "\n" in str(path) else str(path)
-        if outcome.outcome in ("ok", "duplicate"):
-            faces = (outcome.record.get("facts") or {}).get("faces")
-            extra = f" (faces={faces})" if faces is not None else ""
-            what = "ok" if outcome.outcome == "ok" else "already there, unchanged"
-            if "copy_of" in outcome.record:
-                what = f"ok (copy of record {outcome.record['copy_of']['seq']})"
-            echo(f"{shown}: {what} -> {', '.join(outcome.outputs) or '-'}{extra}")
-        else:
-            failures += 1
-            reason = outcome.record.get("reason") or {}
-            echo(f"{shown}: {outcome.outcome} [{reason.get('code')}] {reason.get('message')}")
+    for item in [*refused, *run_batch(plan, jobs, workers=workers)]:
+        echo(describe(item))
+        failures += not item.succeeded
     return failures
+
+
+def describe(item: BatchItem) -> str:
+    shown = repr(str(item.path)) if "\n" in str(item.path) else str(item.path)
+    if item.succeeded:
+        extra = f" (faces={item.faces})" if item.faces is not None else ""
+        what = "ok" if item.outcome == "ok" else "already there, unchanged"
+        if item.copy_of is not None:
+            what = f"ok (copy of record {item.copy_of})"
+        return f"{shown}: {what} -> {', '.join(item.outputs) or '-'}{extra}"
+    reason = item.reason or {}
+    return f"{shown}: {item.outcome} [{reason.get('code')}] {reason.get('message')}"
 
 
 def _run_with_retries(pipeline: Pipeline, job: Job, settings: Settings) -> Outcome:
