@@ -15,6 +15,7 @@ from facewarden.cli.config import config_check
 from facewarden.cli.handlers import handlers_command
 from facewarden.cli.models import models
 from facewarden.cli.process import process
+from facewarden.cli.quarantine import quarantine
 from facewarden.cli.run import run
 from facewarden.cli.subjects import subjects
 from facewarden.cli.worker import worker
@@ -26,7 +27,7 @@ def cli() -> None:
     """Offline, audited face processing of stored images: anonymize, ID photos, enroll/verify."""
 
 
-for _command in (run, process, models, audit, config_check, handlers_command, subjects, worker):
+for _command in (run, process, models, audit, config_check, handlers_command, quarantine, subjects, worker):
     cli.add_command(_command)
 
 
