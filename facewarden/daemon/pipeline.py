@@ -234,6 +234,8 @@ class Pipeline:
         for prior in priors:
             if self._target_has(job, target, prior):
                 return self._duplicate(run, prior)
+        if isinstance(run.handler, handlers.CommittingHandler):
+            return None  # its commit (e.g. adding to the gallery) must run: never a mere copy
         for prior in priors:
             copied = self._read_outputs(job, prior)
             if copied is not None:
