@@ -45,6 +45,7 @@ def _run(data: bytes, **params):
     return image, h.run(image, p, CTX)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.name for p in PASCAL.glob("*.jpg")))
 def test_faces_are_obscured_and_the_rest_is_left_alone(name):
     data = (PASCAL / name).read_bytes()

@@ -66,6 +66,7 @@ def enrolled(knn: Path, models_dir: Path, tmp_path_factory) -> tuple[HandlerCont
     return ctx, gallery
 
 
+@pytest.mark.slow
 def test_every_known_face_is_named_and_the_stranger_is_unknown(enrolled, knn: Path) -> None:
     ctx, _ = enrolled
     for name, people in EXPECTED.items():
@@ -95,6 +96,7 @@ def test_a_person_left_out_of_the_gallery_comes_out_unknown(enrolled, knn: Path,
     assert [f["subject"] for f in checkin["faces"]] == ["unknown"]
 
 
+@pytest.mark.slow
 def test_anonymize_unknown_obscures_only_the_stranger(enrolled, knn: Path) -> None:
     ctx, _ = enrolled
     photo = knn / "test" / "obama_and_biden.jpg"
@@ -124,6 +126,7 @@ def test_anonymize_unknown_obscures_only_the_stranger(enrolled, knn: Path) -> No
         assert change(f.box) > 8.0
 
 
+@pytest.mark.slow
 def test_enrolment_rejects_no_face_two_faces_small_and_blurry(enrolled, knn: Path, tmp: Path) -> None:
     ctx, gallery = enrolled
     n = gallery.count()
@@ -173,6 +176,7 @@ def _walk_numbers(obj) -> list[float]:
     return [obj] if isinstance(obj, float) else []
 
 
+@pytest.mark.slow
 def test_pipeline_enrols_from_folders_and_checks_in_with_audit_and_no_embeddings(knn: Path, models_dir: Path,
                                                                                 tmp: Path) -> None:
     from facewarden.config import settings_from_flags

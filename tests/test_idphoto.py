@@ -90,6 +90,7 @@ def test_custom_sizes_and_bad_params():
         assert exc.value.code == "params.invalid"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_exact_size_dpi_no_metadata(handler, ctx, preset):
     res = _run(handler, ctx, _load(DEMO / "test2.jpg"), size=preset, background="white")
@@ -102,6 +103,7 @@ def test_every_preset_exact_size_dpi_no_metadata(handler, ctx, preset):
     assert res.facts["preset"] == preset and res.outputs[0].content_type == "image/jpeg"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("colour", ["red", "blue", "white", "#2a7f3c"])
 def test_border_pixels_are_the_requested_colour(handler, ctx, colour):
     res = _run(handler, ctx, _load(DEMO / "test0.jpg"), size="1-inch", background=colour, format="png")
@@ -132,6 +134,7 @@ def _measure(photo: np.ndarray, bg: tuple[int, int, int], detector) -> tuple[flo
     return crown / h, (chin - crown) / h
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["1-inch", "2-inch", "schengen", "us-passport"])
 def test_head_geometry_within_tolerance_on_real_portraits(handler, ctx, preset):
     p = PRESETS[preset]
@@ -213,6 +216,7 @@ def test_face_at_edge_rejected(handler, ctx):
     assert exc.value.code == "idphoto.face_at_edge"
 
 
+@pytest.mark.slow
 def test_tilted_head_is_straightened_and_too_tilted_is_rejected(handler, ctx):
     src = Image.open(DEMO / "test2.jpg").convert("RGB")
     tilted = src.rotate(15, expand=True, fillcolor=(128, 128, 128))

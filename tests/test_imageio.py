@@ -93,6 +93,7 @@ def test_text_file_named_jpg(tmp: Path):
     assert _code(path.read_bytes()) == "input.not_an_image"
 
 
+@pytest.mark.slow
 def test_png_decompression_bomb_is_rejected_from_the_header(tmp: Path):
     side = 30000
     bomb = _png(side, side, 1, 0, zero_row_bytes=side // 8)  # 1-bit gray: 900 MP once decoded

@@ -101,6 +101,15 @@ def test_committing_handler_commits_and_plain_handler_does_not(env):
     assert not isinstance(STUB, CommittingHandler)
 
 
+def test_a_committing_handler_is_never_a_mere_copy(env):
+    env.stores["in"].put("p.png", PHOTO)
+    env.stores["in"].put("q.png", PHOTO)
+    env.pipeline.process(env.job("p.png", handler="stub-commit"))
+    second = env.pipeline.process(env.job("q.png", handler="stub-commit"))
+    assert second.outcome == "ok" and "copy_of" not in second.record
+    assert COMMITTER.commits == ["p.png", "q.png"]
+
+
 def test_several_outputs_and_the_record_beside_the_first(env):
     env.stores["in"].put("p.png", PHOTO)
     outcome = env.pipeline.process(env.job("p.png", params={"sheet": True}))

@@ -37,6 +37,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
+@pytest.mark.slow
 def test_each_backend_meets_the_contract_and_finds_the_person(fused):
     backends: list[Segmenter] = [*fused._parts, fused]
     for seg in backends:

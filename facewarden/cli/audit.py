@@ -118,7 +118,11 @@ def audit_show(path: Path, state: Path | None, config: Path | None) -> None:
     from facewarden.storage.audit import AuditLog
 
     settings = _audit_settings(state, config)
-    log = AuditLog(settings.state_dir)
+    try:
+        log = AuditLog(settings.state_dir, create=False)
+    except FileNotFoundError:
+        click.echo(f"no audit log under {Path(settings.state_dir).absolute()} (pass --state DIR)", err=True)
+        sys.exit(1)
     if path.is_file():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         records = log.by_sha256(digest)

@@ -234,6 +234,8 @@ class Pipeline:
         for prior in priors:
             if self._target_has(job, target, prior):
                 return self._duplicate(run, prior)
+        if isinstance(run.handler, handlers.CommittingHandler):
+            return None  # its commit (e.g. adding to the gallery) must run: never a mere copy
         for prior in priors:
             copied = self._read_outputs(job, prior)
             if copied is not None:
@@ -358,7 +360,9 @@ class Pipeline:
 
     def _duplicate(self, run: _Run, prior: dict[str, Any]) -> Outcome:
         job = run.job
-        outputs = [{**o, "store": job.target, "key": key} for key, o in self._planned_keys(job, prior)]
+        target = self._store(job.target)
+        outputs = [{**o, "store": job.target, "key": key, "uri": target.uri(key)}
+                   for key, o in self._planned_keys(job, prior)]
         run.record.update(outcome="duplicate", duplicate_of={"seq": prior["seq"], "hash": prior["hash"]},
                           reason={"code": "input.duplicate",
                                   "message": f"this target already has this result (record {prior['seq']})"},

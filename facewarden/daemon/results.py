@@ -28,6 +28,7 @@ import structlog
 
 from facewarden.daemon import metrics
 from facewarden.daemon.jobs import Job
+from facewarden.daemon.pipeline import Outcome
 
 log = structlog.get_logger("facewarden.results")
 
@@ -44,19 +45,21 @@ def wants_result(settings: Any, job: Job) -> bool:
     return bool(cfg.publish_results or job.hints.get("reply_to") or job.hints.get("correlation_id"))
 
 
-def result_message(job: Job, summary: Any) -> dict[str, Any]:
+def result_message(job: Job, summary: Outcome | dict[str, Any]) -> dict[str, Any]:
     """The ``facewarden.result/1`` document. ``summary`` is the audit record (a dict) or a
     pipeline Outcome; only audit facts go out, never image data or embeddings."""
-    record = getattr(summary, "record", summary) or {}
-    outcome = getattr(summary, "outcome", None) or record.get("outcome")
+    if isinstance(summary, Outcome):
+        record, outcome, keys = summary.record or {}, summary.outcome, summary.outputs
+    else:
+        record, outcome, keys = summary or {}, (summary or {}).get("outcome"), []
     outputs = record.get("outputs") or []
     out_keys = [
         {"store": o.get("store"), "key": o.get("key"), "sha256": o.get("sha256")}
         for o in outputs
         if isinstance(o, dict)
     ]
-    if not out_keys and getattr(summary, "outputs", None):
-        out_keys = [{"store": job.target, "key": k} for k in summary.outputs]
+    if not out_keys and keys:
+        out_keys = [{"store": job.target, "key": k} for k in keys]
     audit = {
         k: record.get(k)
         for k in ("seq", "hash", "prev", "faces", "reason", "models", "timings", "input")
@@ -101,7 +104,7 @@ def _channel(url: str, exchange: str, heartbeat: int) -> Any:
     return ch
 
 
-def publish_result(settings: Any, job: Job, summary: Any) -> bool:
+def publish_result(settings: Any, job: Job, summary: Outcome | dict[str, Any]) -> bool:
     """Publishes the result; returns False (and logs) when the broker stayed unreachable."""
     cfg = settings.queue.rabbitmq
     doc = result_message(job, summary)
