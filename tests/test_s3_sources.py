@@ -36,7 +36,6 @@ from fixtures_s3 import (  # noqa: F401
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from facewarden.config.schema import GenericSourceConfig
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources import SourceContext, build_source
 from facewarden.errors import ConfigError
@@ -60,7 +59,7 @@ def put_photo(s3_client: Any, key: str = KEY) -> str:
 
 def source(ctx_stores: dict[str, Any], services: dict[str, Any] | None = None, **cfg: Any) -> Any:
     ctx = SourceContext(stores=ctx_stores, settings=None, services=services or {})
-    return build_source(GenericSourceConfig(**cfg), ctx)
+    return build_source(dict(**cfg), ctx)
 
 
 def expect(ev: Event, src: str, etag: str, key: str = KEY) -> None:
