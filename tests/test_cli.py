@@ -164,4 +164,4 @@ def test_config_command_reports_errors(tmp: Path):
     bad = tmp / "bad.toml"
     bad.write_text("[workers]\ncuont = 1\n")
     result = CliRunner().invoke(cli, ["config", "--config", str(bad)])
-    assert result.exit_code == 2 and "workers.cuont" in result.output
+    assert result.exit_code == 78 and "workers.cuont" in result.output

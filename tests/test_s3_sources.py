@@ -394,7 +394,11 @@ def test_documented_config_builds_every_source(tmp_path: Path) -> None:
     from facewarden.storage.stores import open_stores
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config-s3.toml"
-    settings = load_settings(doc, environ={}, overrides={"state_dir": str(tmp_path)})
+    creds = tmp_path / "credentials"  # what systemd's LoadCredential= provides
+    creds.mkdir()
+    (creds / "minio-webhook-token").write_text("a-token-of-32-characters-exactly\n")
+    settings = load_settings(doc, environ={"CREDENTIALS_DIRECTORY": str(creds)},
+                             overrides={"state_dir": str(tmp_path)})
     stores = open_stores(settings.all_stores())
     ctx = SourceContext(stores=stores, settings=settings, services={"audit": AuditLog(tmp_path)})
     built = {build_source(cfg, ctx).name for cfg in settings.sources}

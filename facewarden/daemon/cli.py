@@ -10,12 +10,14 @@ from typing import Any
 
 import click
 
-from facewarden import __version__
+from facewarden import __version__, exitcodes
 from facewarden.errors import FacewardenError
 
-STATE_HELP = "State directory (queue, audit log, quarantine, gallery). Default: the configured state_dir, var/state."
+STATE_HELP = ("State directory (queue, audit log, quarantine, gallery). "
+              "Default: the configured state_dir, else $XDG_STATE_HOME/facewarden (~/.local/state/facewarden).")
 CONFIG_HELP = "TOML config file (see config/facewarden.example.toml). FACEWARDEN_* environment variables override it."
-MODELS_HELP = "Directory holding the installed model files. Default: the configured models_dir, var/models."
+MODELS_HELP = ("Directory holding the installed model files. "
+              "Default: the configured models_dir, else $XDG_DATA_HOME/facewarden/models.")
 
 
 def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def _params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def _fail(err: FacewardenError) -> None:
     click.echo(f"error [{err.code}]: {err.message}", err=True)
-    sys.exit(2)
+    sys.exit(exitcodes.for_error(err))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from facewarden import exitcodes
 from facewarden.errors import ConfigError, FacewardenError
 
 
@@ -58,7 +59,7 @@ def worker(
         sys.exit(run_worker_host(settings, concurrency))
     except FacewardenError as err:
         click.echo(f"error [{err.code}]: {err.message}", err=True)
-        sys.exit(2)
+        sys.exit(exitcodes.for_error(err))
 
 
 def run_worker_host(
