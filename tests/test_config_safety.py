@@ -5,7 +5,6 @@ never be fed back in as inputs. Every reproduction from the issue is a test here
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tomllib
 from pathlib import Path
@@ -199,12 +198,13 @@ def test_logs_never_show_a_secret(capsys: pytest.CaptureFixture[str]):
 
     from facewarden.daemon.logs import configure_logging
 
+    before = structlog.get_config()
     configure_logging("json", "info")
     try:
         structlog.get_logger("t").warning("broker.unreachable", url="amqp://admin:hunter2@10.0.0.1/",
                                           token=TOKEN, detail=f"connect amqp://u:{SECRET}@h failed")
     finally:
-        logging.shutdown()
+        structlog.configure(**before)  # the logger factory holds capsys's stream
     err = capsys.readouterr().err
     assert "broker.unreachable" in err and "admin:***@" in err
     assert "hunter2" not in err and TOKEN not in err and SECRET not in err
@@ -409,7 +409,7 @@ def _merge(*names: str) -> dict[str, Any]:
 def _credentials(tmp: Path) -> dict[str, str]:
     creds = tmp / "credentials"
     creds.mkdir(exist_ok=True)
-    for name in ("minio-webhook-token", "dms-webhook-secret"):
+    for name in ("facewarden_minio-webhook-token", "facewarden_dms-webhook-secret"):
         (creds / name).write_text("x" * 32)
     return {"CREDENTIALS_DIRECTORY": str(creds)}
 

@@ -396,7 +396,7 @@ def test_documented_config_builds_every_source(tmp_path: Path) -> None:
     doc = Path(__file__).resolve().parents[1] / "docs" / "config-s3.toml"
     creds = tmp_path / "credentials"  # what systemd's LoadCredential= provides
     creds.mkdir()
-    (creds / "minio-webhook-token").write_text("a-token-of-32-characters-exactly\n")
+    (creds / "facewarden_minio-webhook-token").write_text("a-token-of-32-characters-exactly\n")
     settings = load_settings(doc, environ={"CREDENTIALS_DIRECTORY": str(creds)},
                              overrides={"state_dir": str(tmp_path)})
     stores = open_stores(settings.all_stores())
