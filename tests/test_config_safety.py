@@ -459,3 +459,13 @@ def test_examples_validate_and_never_feed_results_back(tmp: Path, names: tuple[s
                         continue
                     rel = key[len(in_root) + 1:] if in_root else key
                 assert not _watcher_takes(src, rel), f"{src.name} would take the result {key} of {route}"
+
+
+@pytest.mark.parametrize("args", [["models", "list"], ["audit", "verify"], ["config"]])
+def test_every_command_exits_78_on_a_bad_config(tmp: Path, args: list[str]):
+    bad = tmp / "bad.toml"
+    bad.write_text('state_dir = "st"\n[log]\nlevle = "debug"\n')
+    result = CliRunner().invoke(cli, [*args, "--config", str(bad)])
+    assert result.exit_code == 78, result.output
+    assert "log.levle: unknown key; did you mean level?" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

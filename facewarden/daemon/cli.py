@@ -120,7 +120,11 @@ def _model_store(models_dir: Path | None, config: Path | None):
     from facewarden.config import load_settings
     from facewarden.models.registry import ModelStore
 
-    return ModelStore(models_dir or load_settings(config).models_dir)
+    try:
+        return ModelStore(models_dir or load_settings(config).models_dir)
+    except FacewardenError as err:  # a bad config: one line and exit 78, no traceback
+        _fail(err)
+        raise
 
 
 @models.command("install")
@@ -186,7 +190,11 @@ def audit() -> None:
 def _audit_settings(state: Path | None, config: Path | None):
     from facewarden.config import settings_from_flags
 
-    return settings_from_flags(config, state=state)
+    try:
+        return settings_from_flags(config, state=state)
+    except FacewardenError as err:  # a bad config: one line and exit 78, no traceback
+        _fail(err)
+        raise
 
 
 @audit.command("verify")
