@@ -267,13 +267,15 @@ def test_relative_paths_in_a_file_resolve_against_its_folder(tmp: Path, monkeypa
     conf = tmp / "etc"
     conf.mkdir()
     (conf / "fw.toml").write_text('state_dir = "var/state"\nmodels_dir = "../models"\n'
-                                  '[stores.out]\nroot = "out"\n[gallery]\nkey_file = "gallery.key"\n')
+                                  '[stores.out]\nroot = "out"\n[gallery]\nkey_file = "gallery.key"\n'
+                                  '[stores.s3]\ntype = "s3"\nbucket = "b"\nverify = "ca.pem"\n')
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     s = load_settings(conf / "fw.toml", environ={})
     assert s.state_dir == conf / "var/state" and s.models_dir == tmp / "models"
     assert s.stores["out"].root == conf / "out" and s.gallery.key_file == conf / "gallery.key"
+    assert s.stores["s3"].verify == str(conf / "ca.pem")
     # flags (and env) are relative to the current folder, and come out absolute
     s = settings_from_flags(conf / "fw.toml", state=Path("st"), environ={"FACEWARDEN_MODELS_DIR": "m"})
     assert s.state_dir == elsewhere / "st" and s.models_dir == elsewhere / "m"

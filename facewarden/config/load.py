@@ -28,8 +28,8 @@ from facewarden.config.secrets import REVEAL
 from facewarden.errors import ConfigError
 
 ENV_PREFIX = "FACEWARDEN_"
-#: Keys holding a filesystem path (besides every ``*_file`` key).
-PATH_KEYS = {"state_dir", "models_dir", "root", "key_file"}
+#: Keys holding a filesystem path (besides every ``*_file`` key); HTTP `path`s are not.
+PATH_KEYS = {"state_dir", "models_dir", "root", "key_file", "verify"}  # verify: a CA bundle when a string
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
