@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facewarden.config import default_models_dir
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "faces-pascal"
 
@@ -67,7 +69,7 @@ def run(workers: int, photos: list[Path], latency_n: int, burst_n: int, tmp: Pat
     log = open(tmp / f"daemon{workers}.log", "wb")  # noqa: SIM115 - held for the child's lifetime
     proc = subprocess.Popen([sys.executable, "-m", "facewarden", "run", "--watch", str(inc), "--out", str(out),
                              "--state", str(state), "--workers", str(workers), "--models-dir",
-                             str(REPO / "var" / "models")], stdout=log, stderr=log, start_new_session=True,
+                             str(default_models_dir())], stdout=log, stderr=log, start_new_session=True,
                             env={**os.environ, "FACEWARDEN_LOG__FORMAT": "json"})
     try:
         # warm-up: the first job waits for workers to load their models

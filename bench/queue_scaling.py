@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
+from facewarden.config import default_models_dir, dump_for_child  # noqa: E402
 from facewarden.config.schema import RabbitMQConfig, Settings  # noqa: E402
 from facewarden.daemon.jobs import Job  # noqa: E402
 from facewarden.daemon.pool import limit_native_threads  # noqa: E402
@@ -216,7 +217,7 @@ class Run:
         self.settings = Settings.model_validate(
             {
                 "state_dir": str(self.dir / "state"),
-                "models_dir": str(REPO / "var" / "models"),
+                "models_dir": str(default_models_dir()),
                 "stores": {
                     "raw": {"type": "local", "root": str(root / "raw"), "fsync": False},
                     "out": {"type": "local", "root": str(self.dir / "out"), "fsync": False},
@@ -240,7 +241,7 @@ class Run:
             _CTX.Process(
                 target=worker_main,
                 args=(
-                    self.settings.model_dump_json(),
+                    dump_for_child(self.settings),
                     f"w{i}",
                     self.stop,
                     self.done,
@@ -339,7 +340,7 @@ def direct(workers: int, url: str, root: Path, keys: list[str], pin: bool) -> di
         _CTX.Process(
             target=direct_main,
             args=(
-                run.settings.model_dump_json(),
+                dump_for_child(run.settings),
                 share,
                 (i % (os.cpu_count() or 1)) if pin else None,
                 go,

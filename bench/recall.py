@@ -24,7 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import COVER, REPO, covered, fmt_table, score_masks, variants
+from bench.common import COVER, covered, fmt_table, score_masks, variants
+from facewarden.config import default_models_dir
 from facewarden.handlers.anonymize import DEFAULT_MARGIN, AnonymizeHandler, face_mask, obscure_faces
 from facewarden.handlers.base import HandlerContext
 from facewarden.handlers.imageio import decode
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="ellipse")
     ap.add_argument("--min-score", type=float, default=None, help="override every backend's default")
     ap.add_argument("--opts", default="{}", help='extra detector options as JSON, e.g. \'{"tile": 256}\'')
-    ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument("--misses", action="store_true", help="list the GT boxes each backend missed")
     ap.add_argument("--face-px", type=float, default=None,
                     help="median face of the shrunk/canvas variants (default 12; try 10 or 8 for headroom)")

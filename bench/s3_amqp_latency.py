@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from fixtures_s3 import minio_notification  # noqa: E402
 
+from facewarden.config import default_models_dir  # noqa: E402
 from facewarden.config.schema import Settings  # noqa: E402
 from facewarden.daemon.app import Daemon  # noqa: E402
 
@@ -66,7 +67,7 @@ def main() -> None:
     store = {"type": "s3", "endpoint_url": endpoint, "region": REGION, "addressing_style": "path"}
     settings = Settings.model_validate({
         "state_dir": tempfile.mkdtemp(prefix="fw-bench-s3-"),
-        "models_dir": str(REPO / "var" / "models"),
+        "models_dir": str(default_models_dir()),
         "workers": {"count": 1},
         "log": {"format": "json", "level": "warning"},
         "queue": {"backend": args.queue, "rabbitmq": {"url": args.amqp_url, "queue": f"bench.jobs.{tag}"}},

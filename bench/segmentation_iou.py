@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from facewarden.config import default_models_dir
 from facewarden.models.segmenters import make_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def summary(vals: np.ndarray) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "segmentation-dev")
-    ap.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
+    ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument("--limit", type=int, default=0, help="first N images only (0 = all)")
     args = ap.parse_args()
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facewarden.config import default_models_dir
 from facewarden.handlers.imageio import decode
 from facewarden.models.detectors import make_detector
 from facewarden.models.embedders import make_embedder
@@ -129,7 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", default="dlib,facenet")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument("--no-impostors", dest="impostors", action="store_false")
     args = ap.parse_args()
     cv2.setNumThreads(1)

@@ -35,10 +35,13 @@ def face_photo(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    """The installed model files; a missing one fails the test with the command that fixes it."""
+    """The installed model files, where `uv run facewarden models install` puts them (the
+    XDG data dir, or FACEWARDEN_MODELS_DIR); a missing one fails the test with the command
+    that fixes it."""
+    from facewarden.config import default_models_dir
     from facewarden.models.registry import MODELS, ModelStore, PackageFile
 
-    root = REPO / "var" / "models"
+    root = default_models_dir()
     store = ModelStore(root)
     missing = [spec.name for spec in MODELS.values()
                if not isinstance(spec.origin, PackageFile) and not store.path_of(spec).is_file()]

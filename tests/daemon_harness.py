@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from facewarden.config import default_models_dir
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-MODELS = REPO / "var" / "models"
+MODELS = default_models_dir()
 
 
 def write_config(path: Path, incoming: Path, outgoing: Path, state: Path, *, workers: int = 1,

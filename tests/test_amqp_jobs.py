@@ -14,7 +14,7 @@ import pika
 import pytest
 from fixtures_rabbit import get_raw
 
-from facewarden.config.schema import GenericSourceConfig, QueueConfig, Settings
+from facewarden.config.schema import QueueConfig, Settings
 from facewarden.daemon.jobs import Event, Job
 from facewarden.daemon.results import publish_result, wants_result
 from facewarden.daemon.sources import SourceContext, build_source
@@ -80,7 +80,7 @@ def source_env(rabbit_url, tmp_path: Path):
         "raw": LocalStore("raw", tmp_path / "raw"),
         "docs": LocalStore("docs", tmp_path / "docs"),
     }
-    cfg = GenericSourceConfig(
+    cfg = dict(
         type="amqp-jobs",
         name="requests",
         url=rabbit_url,

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facewarden.config import default_models_dir
 from facewarden.errors import InputRejected, ProcessingFailed
 from facewarden.handlers import base
 from facewarden.handlers.anonymize import AnonymizeHandler, face_mask, obscure_faces
@@ -24,7 +25,7 @@ from facewarden.models.protocols import Face
 
 REPO = Path(__file__).resolve().parents[1]
 PASCAL = REPO.parent / "shared" / "data" / "faces-pascal"
-CTX = HandlerContext(models_dir=REPO / "var" / "models")
+CTX = HandlerContext(models_dir=default_models_dir())
 
 
 def _gt(name: str) -> list[tuple[int, int, int, int]]:

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from facewarden.config.schema import GenericSourceConfig
 from facewarden.daemon.http import build_app, serve_in_thread
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources import SourceContext, build_source
@@ -44,7 +43,7 @@ def env(tmp_path: Path, face_photo: Path):
     stores["docs"].put("2024/in.jpg", face_photo.read_bytes(), content_type="image/jpeg")
     events: list[Event] = []
     jobs = FakeJobs()
-    cfg = GenericSourceConfig(
+    cfg = dict(
         type="dms-webhook",
         name="dms",
         secret=SECRET.decode(),
@@ -223,17 +222,17 @@ def test_config_errors_name_the_key(tmp_path):
     stores = {"raw": LocalStore("raw", tmp_path)}
     ctx = SourceContext(stores=stores, settings=None)
     with pytest.raises(ConfigError, match=r"sources\[dms\]\.secret"):
-        build_source(GenericSourceConfig(type="dms-webhook", name="dms", store="raw"), ctx)
+        build_source(dict(type="dms-webhook", name="dms", store="raw"), ctx)
     with pytest.raises(ConfigError, match=r"sources\[dms\]\.raw_store"):
         build_source(
-            GenericSourceConfig(
+            dict(
                 type="dms-webhook", name="dms", secret=SECRET.decode(), raw_store="nope"
             ),
             ctx,
         )
     with pytest.raises(ConfigError, match=r"sources\[dms\]\.bogus"):
         build_source(
-            GenericSourceConfig(
+            dict(
                 type="dms-webhook", name="dms", secret=SECRET.decode(), store="raw", bogus=1
             ),
             ctx,

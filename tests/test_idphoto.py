@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facewarden.config import default_models_dir
 from facewarden.errors import InputRejected
 from facewarden.handlers import base
 from facewarden.handlers.base import HandlerContext
@@ -19,7 +20,7 @@ from facewarden.handlers.idphoto_presets import COLOURS, PRESETS, resolve
 from facewarden.handlers.imageio import decode
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODELS = Path(__file__).resolve().parents[1] / "var" / "models"
+MODELS = default_models_dir()
 DEMO = DATA / "idphoto-specs" / "demo" / "images"
 PORTRAITS = sorted(DEMO.glob("*.jpg"))
 

@@ -18,7 +18,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -35,12 +34,13 @@ from fixtures_s3 import (  # noqa: F401
     wire_bucket_to_sqs,
 )
 
+from facewarden.config import default_models_dir
 from facewarden.config.schema import Settings
 from facewarden.daemon.app import Daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq]
 
-MODELS = Path(__file__).resolve().parents[1] / "var" / "models"
+MODELS = default_models_dir()
 RAW, OUT = "raw-images", "anonymized-images"
 TOKEN = "e2e-token-0123456789abcdef"
 PATHS = ("sqs", "amqp", "hook", "listen", "rec")

@@ -7,12 +7,11 @@ import json
 import pytest
 from fixtures_s3 import EVENTS_DIR, load_event
 
-from facewarden.config.schema import GenericSourceConfig
+from facewarden.config.sources import ReconcileSourceConfig, SqsSourceConfig
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources.s3_events import (
     BucketMap,
     RecentEvents,
-    SourceOptions,
     emit_all,
     normalize_s3_notification,
     parse_options,
@@ -116,15 +115,14 @@ def test_sequencer_stands_in_for_missing_etag() -> None:
 
 
 def test_option_errors_name_the_source_and_key() -> None:
-    class Opts(SourceOptions):
-        interval: float
-
-    cfg = GenericSourceConfig(type="x", name="mine", interval="soon")
+    cfg = {"type": "reconcile", "name": "mine", "store": "raw", "interval": "soon"}
     with pytest.raises(ConfigError, match=r"sources\[mine\]\.interval"):
-        parse_options(Opts, cfg)
-    cfg = GenericSourceConfig(type="x", name="mine", interval=1, typo=2)
-    with pytest.raises(ConfigError, match=r"sources\[mine\]\.typo"):
-        parse_options(Opts, cfg)
+        parse_options(ReconcileSourceConfig, cfg)
+    cfg = {"type": "reconcile", "name": "mine", "store": "raw", "intervall": 1}
+    with pytest.raises(ConfigError, match=r"sources\[mine\]\.intervall: unknown key; did you mean interval\?"):
+        parse_options(ReconcileSourceConfig, cfg)
+    with pytest.raises(ConfigError, match=r"sources\[mine\]\.type"):
+        parse_options(SqsSourceConfig, {"type": "reconcile", "name": "mine", "store": "raw"})
 
 
 def test_a_failed_emit_is_not_remembered() -> None:

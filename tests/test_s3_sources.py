@@ -36,7 +36,6 @@ from fixtures_s3 import (  # noqa: F401
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from facewarden.config.schema import GenericSourceConfig
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources import SourceContext, build_source
 from facewarden.errors import ConfigError
@@ -60,7 +59,7 @@ def put_photo(s3_client: Any, key: str = KEY) -> str:
 
 def source(ctx_stores: dict[str, Any], services: dict[str, Any] | None = None, **cfg: Any) -> Any:
     ctx = SourceContext(stores=ctx_stores, settings=None, services=services or {})
-    return build_source(GenericSourceConfig(**cfg), ctx)
+    return build_source(dict(**cfg), ctx)
 
 
 def expect(ev: Event, src: str, etag: str, key: str = KEY) -> None:
@@ -395,7 +394,11 @@ def test_documented_config_builds_every_source(tmp_path: Path) -> None:
     from facewarden.storage.stores import open_stores
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config-s3.toml"
-    settings = load_settings(doc, environ={}, overrides={"state_dir": str(tmp_path)})
+    creds = tmp_path / "credentials"  # what systemd's LoadCredential= provides
+    creds.mkdir()
+    (creds / "facewarden_minio-webhook-token").write_text("a-token-of-32-characters-exactly\n")
+    settings = load_settings(doc, environ={"CREDENTIALS_DIRECTORY": str(creds)},
+                             overrides={"state_dir": str(tmp_path)})
     stores = open_stores(settings.all_stores())
     ctx = SourceContext(stores=stores, settings=settings, services={"audit": AuditLog(tmp_path)})
     built = {build_source(cfg, ctx).name for cfg in settings.sources}

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facewarden.config import default_models_dir
 from facewarden.errors import InputRejected
 from facewarden.models.mask_refine import person_box
 from facewarden.models.protocols import Segmenter
 from facewarden.models.segmenters import FUSED_THRESHOLD, FusedSegmenter, make_segmenter
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "segmentation-dev"
-MODELS = Path(__file__).resolve().parents[1] / "var" / "models"
+MODELS = default_models_dir()
 # Single-subject photos where the pseudo ground truth is unambiguous.
 SAMPLES = ["1", "11", "126"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from facewarden.cli.common import CONFIG_FILE, CONFIG_HELP, DIR, STATE_HELP
+from facewarden.cli.common import CONFIG_FILE, CONFIG_HELP, DIR, STATE_HELP, fail
 from facewarden.errors import FacewardenError
 
 
@@ -22,7 +22,10 @@ def audit() -> None:
 def _audit_settings(state: Path | None, config: Path | None):
     from facewarden.config import settings_from_flags
 
-    return settings_from_flags(config, state=state)
+    try:
+        return settings_from_flags(config, state=state)
+    except FacewardenError as err:  # a bad config: one line and exit 78, no traceback
+        fail(err)
 
 
 @audit.command("verify")

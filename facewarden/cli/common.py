@@ -10,12 +10,15 @@ from typing import Any, NoReturn
 
 import click
 
-from facewarden.errors import ModelError, UsageError
-from facewarden.exitcodes import EX_CONFIG, EX_USAGE
+from facewarden import exitcodes
+from facewarden.errors import UsageError
+from facewarden.exitcodes import EX_USAGE
 
-STATE_HELP = "State directory (queue, audit log, quarantine, gallery). Default: the configured state_dir, var/state."
+STATE_HELP = ("State directory (queue, audit log, quarantine, gallery). "
+              "Default: the configured state_dir, else $XDG_STATE_HOME/facewarden (~/.local/state/facewarden).")
 CONFIG_HELP = "TOML config file (see config/facewarden.example.toml). FACEWARDEN_* environment variables override it."
-MODELS_HELP = "Directory holding the installed model files. Default: the configured models_dir, var/models."
+MODELS_HELP = ("Directory holding the installed model files. "
+               "Default: the configured models_dir, else $XDG_DATA_HOME/facewarden/models.")
 
 #: Click types reused by every command.
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -42,12 +45,10 @@ def parse_options(pairs: tuple[str, ...] | list[str], *, option: str = "--param"
 
 
 def exit_code_for(err: Exception) -> int:
-    """Missing or corrupt models are a setup problem a restart cannot fix: EX_CONFIG."""
-    if isinstance(err, ModelError):
-        return EX_CONFIG
+    """Configuration and models: 78 (a restart cannot fix them); usage: 2 (see exitcodes)."""
     if isinstance(err, UsageError):
         return EX_USAGE
-    return EX_USAGE
+    return exitcodes.for_error(err)
 
 
 def fail(err: Any) -> NoReturn:

@@ -20,7 +20,10 @@ def _model_store(models_dir: Path | None, config: Path | None):
     from facewarden.config import load_settings
     from facewarden.models.registry import ModelStore
 
-    return ModelStore(models_dir or load_settings(config).models_dir)
+    try:
+        return ModelStore(models_dir or load_settings(config).models_dir)
+    except FacewardenError as err:  # a bad config: one line and exit 78, no traceback
+        fail(err)
 
 
 @models.command("install")

@@ -18,9 +18,11 @@ import click
 from facewarden.cli.common import fail
 from facewarden.errors import FacewardenError
 
-STATE_HELP = "State directory holding gallery.db. Default: the configured state_dir, var/state."
+STATE_HELP = ("State directory holding gallery.db. "
+              "Default: the configured state_dir, else $XDG_STATE_HOME/facewarden (~/.local/state/facewarden).")
 CONFIG_HELP = "TOML config file. FACEWARDEN_* environment variables override it."
-MODELS_HELP = "Directory holding the installed model files. Default: the configured models_dir, var/models."
+MODELS_HELP = ("Directory holding the installed model files. "
+              "Default: the configured models_dir, else $XDG_DATA_HOME/facewarden/models.")
 KEY_HELP = "Key file of an encrypted gallery (default: gallery.key_file from the config)."
 
 

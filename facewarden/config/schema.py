@@ -10,20 +10,34 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-DEFAULT_IGNORE = ["*.part", "*.tmp", "*.crdownload", "~$*", ".*", "@eaDir", "#recycle",
-                  "Thumbs.db", "desktop.ini", ".DS_Store", "*.audit.json"]
+from facewarden.config.overlap import find_overlaps
+from facewarden.config.paths import absolute, default_models_dir, default_state_dir
+from facewarden.config.secrets import SecretUrl, StrictModel
+from facewarden.config.sources import (  # noqa: F401  (re-exported: the schema is one place)
+    DEFAULT_IGNORE,
+    SOURCE_TYPES,
+    AmqpEventSourceConfig,
+    AmqpJobsSourceConfig,
+    DmsWebhookSourceConfig,
+    FolderSourceConfig,
+    ListenSourceConfig,
+    ReconcileSourceConfig,
+    SourceConfig,
+    SqsSourceConfig,
+    WebhookSourceConfig,
+)
 
-
-class _Strict(BaseModel):
-    # Env values are parsed as JSON, so a digit-only queue or bucket name arrives as an int.
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+#: A path made absolute when validated (relative ones in a config file were already
+#: resolved against the file's folder by the loader; flags and env are relative to cwd).
+AbsPath = Annotated[Path, AfterValidator(absolute)]
+_Strict = StrictModel
 
 
 class LocalStoreConfig(_Strict):
     type: Literal["local"] = "local"
-    root: Path
+    root: AbsPath
     #: fsync files and their directory on every write (durability across power loss).
     fsync: bool = True
 
@@ -56,32 +70,6 @@ class S3StoreConfig(_Strict):
 StoreConfig = Annotated[LocalStoreConfig | S3StoreConfig, Field(discriminator="type")]
 
 
-class FolderSourceConfig(_Strict):
-    type: Literal["folder"] = "folder"
-    name: str = "incoming"
-    store: str = "incoming"
-    #: auto: inotify for local disks, polling for network mounts (cifs/smb3/nfs in /proc/mounts).
-    mode: Literal["auto", "inotify", "poll"] = "auto"
-    poll_interval: float = Field(2.0, gt=0)
-    #: A file counts as arrived once its size and mtime have not changed for this long.
-    #: A close-after-write event shortens the wait to `close_delay`.
-    stability_delay: float = Field(2.0, ge=0)
-    close_delay: float = Field(0.05, ge=0)
-    #: Full rescans catch anything the event stream missed.
-    rescan_interval: float = Field(60.0, gt=0)
-    recursive: bool = True
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
-
-
-class GenericSourceConfig(BaseModel):
-    """Sources added by other modules (S3 notifications, AMQP jobs, webhooks) validate
-    their own options; the schema only requires a type and a name."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    type: str
-    name: str
-
-
 class RouteConfig(_Strict):
     #: Name of the source this route listens to.
     source: str
@@ -108,7 +96,8 @@ class RouteConfig(_Strict):
 class RabbitMQConfig(_Strict):
     """The scale-out queue (see facewarden/daemon/queues/rabbitmq.py and docs/config-amqp.toml)."""
 
-    url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: Broker URL; its password is never shown (prefer url_file / url_credential).
+    url: SecretUrl = "amqp://guest:guest@127.0.0.1:5672/%2F"
     #: Durable quorum queue holding jobs; retries wait in `<queue>.delay.<ms>` queues.
     queue: str = "facewarden.jobs"
     exchange: str = "facewarden"
@@ -175,17 +164,18 @@ class LogConfig(_Strict):
 
 class GalleryConfig(_Strict):
     #: Key file for encryption of the face gallery at rest; none = unencrypted.
-    key_file: Path | None = None
+    key_file: AbsPath | None = None
     #: How often the daemon purges subjects past their retention date (seconds).
     purge_interval: float = Field(3600.0, gt=0)
 
 
 class Settings(_Strict):
-    state_dir: Path = Path("var/state")
-    models_dir: Path = Path("var/models")
+    #: Default: $XDG_STATE_HOME/facewarden (~/.local/state/facewarden).
+    state_dir: AbsPath = Field(default_factory=default_state_dir)
+    #: Default: $XDG_DATA_HOME/facewarden/models (~/.local/share/facewarden/models).
+    models_dir: AbsPath = Field(default_factory=default_models_dir)
     stores: dict[str, StoreConfig] = Field(default_factory=dict)
-    sources: list[Annotated[FolderSourceConfig, Field(discriminator="type")] | GenericSourceConfig] = Field(
-        default_factory=list)
+    sources: list[SourceConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
     queue: QueueConfig = QueueConfig()
     workers: WorkersConfig = WorkersConfig()
@@ -211,15 +201,26 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
-        stores = set(self.all_stores())
+        all_stores = self.all_stores()
+        stores = set(all_stores)
         names = [s.name for s in self.sources]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"sources: duplicate source name(s) {sorted(dupes)}")
-        for i, src in enumerate(self.sources):
-            store = getattr(src, "store", None)
-            if store is not None and store not in stores:
-                raise ValueError(f"sources[{i}].store: no store named {store!r} (known: {sorted(stores)})")
+        for src in self.sources:
+            for field in ("store", "stores", "raw_store"):
+                value = getattr(src, field, None)
+                for store in [value] if isinstance(value, str) else value or []:
+                    if store not in stores:
+                        raise ValueError(f"sources[{src.name}].{field}: no store named {store!r} "
+                                         f"(known: {sorted(stores)})")
+            if src.type == "folder" and all_stores[src.store].type != "local":
+                raise ValueError(f"sources[{src.name}].store: a folder source needs a local store, "
+                                 f"{src.store!r} is {all_stores[src.store].type}")
+            if src.type in ("s3-sqs", "s3-amqp", "s3-webhook", "minio-listen"):
+                for store in src.watched_stores():
+                    if all_stores[store].type != "s3":
+                        raise ValueError(f"sources[{src.name}].stores: store {store!r} is not an S3 store")
         for i, route in enumerate(self.routes):
             if route.source not in names:
                 raise ValueError(f"routes[{i}].source: no source named {route.source!r} (known: {names})")
@@ -227,6 +228,9 @@ class Settings(_Strict):
                 value = getattr(route, field)
                 if value not in stores:
                     raise ValueError(f"routes[{i}].{field}: no store named {value!r} (known: {sorted(stores)})")
+        problems = find_overlaps(self)
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
     def all_stores(self) -> dict[str, StoreConfig]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from facewarden.config import dump_for_child
 from facewarden.config.schema import Settings
 
 log = structlog.get_logger("facewarden.pool")
@@ -82,7 +83,7 @@ class WorkerPool:
         self._serial += 1
         name = f"{socket.gethostname()}:{os.getpid()}:w{self._serial}"
         proc = _CTX.Process(target=_worker_main, name=name, daemon=False,
-                            args=(self.settings.model_dump_json(), name, self.stop_event, self.count))
+                            args=(dump_for_child(self.settings), name, self.stop_event, self.count))
         proc.start()
         self.procs[name] = proc
         log.info("worker.started", worker=name, pid=proc.pid)

@@ -101,6 +101,10 @@ def _load_builtin() -> None:
 
 
 def build_source(cfg: Any, ctx: SourceContext) -> Source:
+    """``cfg``: a validated source config from Settings (or a mapping, validated here)."""
+    from facewarden.config import parse_source
+
+    cfg = parse_source(cfg)
     _load_builtin()
     factory = _FACTORIES.get(cfg.type)
     if factory is None:

@@ -43,6 +43,7 @@ import pika.exceptions as pex
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from facewarden.config.sources import AmqpJobsSourceConfig as AmqpJobsOptions
 from facewarden.daemon import metrics
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources import Emit, SourceContext, register_source
@@ -176,35 +177,6 @@ def _check_key(key: str) -> str:
 
 
 # -- the source -------------------------------------------------------------------------
-
-
-class AmqpJobsOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["amqp-jobs"] = "amqp-jobs"
-    name: str
-    #: Broker; default: queue.rabbitmq.url.
-    url: str | None = None
-    #: Queue the requests arrive on (durable quorum queue, declared here).
-    queue: str = "facewarden.requests"
-    #: Optional topic exchange to bind the queue to (empty: publish to the queue directly).
-    exchange: str = ""
-    binding_keys: list[str] = Field(default_factory=lambda: ["#"])
-    dead_letter_exchange: str = "facewarden.requests.dlx"
-    #: Empty: "<queue>.dead".
-    dead_letter_queue: str = ""
-    prefetch: int = Field(16, ge=1)
-    #: Broker redeliveries (e.g. queue unavailable while emitting) before dead-lettering.
-    delivery_limit: int = Field(5, ge=1)
-    heartbeat: int = Field(30, ge=0)
-    #: Stores a message may name as input (empty: every configured store).
-    stores: list[str] = Field(default_factory=list)
-    #: Handlers a message may ask for (empty: any registered handler).
-    handlers: list[str] = Field(default_factory=list)
-    #: Where inline images are written; none = inline images are invalid.
-    raw_store: str | None = None
-    inline_prefix: str = "amqp-inline"
-    max_inline_bytes: int = Field(20 * 1024 * 1024, gt=0)
 
 
 class AmqpJobsSource:

@@ -43,17 +43,17 @@ import re
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from facewarden.config.sources import DmsWebhookSourceConfig as DmsWebhookOptions
+from facewarden.config.sources import parse_source
 from facewarden.daemon import metrics
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources import Emit, SourceContext, register_source
@@ -82,57 +82,14 @@ class JobStatusService(Protocol):
     def status(self, job_id: str) -> dict[str, Any] | None: ...
 
 
-class DmsWebhookOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["dms-webhook"] = "dms-webhook"
-    name: str
-    #: Path of the upload webhook; the status endpoint is `<jobs_path>/{id}`.
-    path: str = "/webhooks/dms"
-    jobs_path: str = "/jobs"
-    #: Shared HMAC secret (prefer `secret_file`, or FACEWARDEN_SOURCES env overrides).
-    secret: SecretStr | None = None
-    secret_file: Path | None = None
-    #: Store a JSON body names when it gives no `store`.
-    store: str | None = None
-    #: Stores a JSON body may name (default: just `store`).
-    stores: list[str] = Field(default_factory=list)
-    #: Where multipart uploads are written before processing; none = uploads refused (415).
-    raw_store: str | None = None
-    upload_prefix: str = "dms-uploads"
-    #: Request body limit in bytes (default: http.max_body_bytes).
-    max_body_bytes: int | None = Field(None, gt=0)
-    #: Accepted clock skew / replay window, seconds.
-    replay_window: float = Field(300.0, gt=0, le=3600)
-    image_types: list[str] = Field(default_factory=lambda: list(IMAGE_TYPES))
-
-    @model_validator(mode="after")
-    def _check(self) -> DmsWebhookOptions:
-        if (self.secret is None) == (self.secret_file is None):
-            raise ValueError("secret: give exactly one of `secret` or `secret_file`")
-        if self.store is None and not self.stores and self.raw_store is None:
-            raise ValueError("store: give `store` (JSON bodies), `raw_store` (uploads), or both")
-        if not self.path.startswith("/") or not self.jobs_path.startswith("/"):
-            raise ValueError("path: HTTP paths start with '/'")
-        return self
-
-    def allowed_stores(self) -> list[str]:
-        return list(dict.fromkeys([*([self.store] if self.store else []), *self.stores]))
-
-
-def parse_options(cfg: Any, ctx: SourceContext, model: type[BaseModel]) -> Any:
-    """Validates a GenericSourceConfig against the source's own model; errors name the key."""
-    raw = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg)
-    name = raw.get("name", "?")
-    try:
-        opts = model.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        loc = ".".join(str(p) for p in err["loc"])
-        if not loc:  # whole-model checks say "key: problem"
-            loc, _, msg = msg.partition(": ")
-        raise ConfigError("config.invalid", f"sources[{name}].{loc}: {msg}") from exc
+def parse_options(cfg: Any, ctx: SourceContext, model: type[Any]) -> Any:
+    """The source's validated options (see facewarden/config/sources.py), and a check
+    that the stores they name are open in this process."""
+    opts = parse_source(cfg)
+    name = opts.name
+    if not isinstance(opts, model):
+        raise ConfigError("config.invalid", f"sources[{name}].type: {opts.type!r} options given "
+                          f"to a {model.__name__} source")
     for key in ("store", "raw_store", "stores"):
         value = getattr(opts, key, None)
         for store in [value] if isinstance(value, str) else value or []:
@@ -182,24 +139,9 @@ class DmsWebhookSource:
         self.opts: DmsWebhookOptions = parse_options(cfg, ctx, DmsWebhookOptions)
         self.name = self.opts.name
         self.ctx = ctx
-        if self.opts.secret_file is not None:
-            try:
-                secret = self.opts.secret_file.read_bytes().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    "config.invalid",
-                    f"sources[{self.name}].secret_file: cannot read "
-                    f"{self.opts.secret_file} ({exc.strerror})",
-                ) from exc
-        else:
-            secret = self.opts.secret.get_secret_value().encode()  # type: ignore[union-attr]
-        if len(secret) < 16:
-            raise ConfigError(
-                "config.invalid",
-                f"sources[{self.name}].secret: use at least 16 "
-                "random bytes (e.g. `openssl rand -hex 32`)",
-            )
-        self._secret = secret
+        # read from secret / secret_file / secret_credential and checked (>= 16 bytes) by the config
+        assert self.opts.secret is not None
+        self._secret = self.opts.secret.get_secret_value().encode()
         http = getattr(getattr(ctx.settings, "http", None), "max_body_bytes", None)
         self.max_bytes = self.opts.max_body_bytes or http or 50 * 1024 * 1024
         self._seen = _SeenSignatures(self.opts.replay_window)

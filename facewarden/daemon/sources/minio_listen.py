@@ -27,14 +27,13 @@ from minio.credentials import (
     IamAwsProvider,
     StaticProvider,
 )
-from pydantic import Field
 
+from facewarden.config.sources import ListenSourceConfig as ListenOptions
 from facewarden.daemon.sources import Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
     Backoff,
     BucketMap,
     RecentEvents,
-    SourceOptions,
     check_stores,
     emit_all,
     normalize_s3_notification,
@@ -43,23 +42,6 @@ from facewarden.daemon.sources.s3_events import (
 from facewarden.errors import ConfigError
 
 log = structlog.get_logger(__name__)
-
-
-class ListenOptions(SourceOptions):
-    #: MinIO URL, e.g. http://minio:9000; default: the endpoint_url of the watched store.
-    endpoint: str | None = None
-    #: Static keys; without them the standard chain (AWS_*/MINIO_* env, ~/.aws, IAM role).
-    access_key: str | None = None
-    secret_key: str | None = None
-    region: str | None = "us-east-1"
-    cert_check: bool = True
-    #: The S3 stores (by name) whose bucket events this source accepts. Explicit on
-    #: purpose: a target bucket watched by mistake would feed results back as inputs.
-    stores: list[str] = Field(min_length=1)
-    events: list[str] = Field(default_factory=lambda: ["s3:ObjectCreated:*"])
-    suffix: str = ""
-    #: MinIO sends keep-alives every few seconds; silence this long means a dead stream.
-    read_timeout: float = Field(60.0, gt=0)
 
 
 class _Stopped(Exception):
@@ -85,7 +67,7 @@ class ListenSource:
     def _client(self) -> Minio:
         url = urlsplit(self.endpoint)
         if self.opts.access_key and self.opts.secret_key:
-            creds: Any = StaticProvider(self.opts.access_key, self.opts.secret_key)
+            creds: Any = StaticProvider(self.opts.access_key, self.opts.secret_key.get_secret_value())
         else:
             creds = ChainedProvider([EnvAWSProvider(), EnvMinioProvider(), AWSConfigProvider(),
                                      IamAwsProvider()])
@@ -148,7 +130,7 @@ class ListenSource:
                     for doc in stream:
                         events = normalize_s3_notification(doc, buckets=self.buckets,
                                                            source=self.name)
-                        emit_all(events, emit, self._recent)
+                        emit_all(events, emit, self._recent, accepts=self.opts.accepts)
             except _Stopped:
                 break
             except Exception as exc:

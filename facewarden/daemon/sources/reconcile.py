@@ -16,28 +16,14 @@ import threading
 from typing import Any
 
 import structlog
-from pydantic import Field
 
+from facewarden.config.sources import ReconcileSourceConfig as ReconcileOptions
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources import BackgroundSource, Emit, SourceContext, register_source
-from facewarden.daemon.sources.s3_events import SourceOptions, parse_options
+from facewarden.daemon.sources.s3_events import parse_options
 from facewarden.errors import ConfigError
 
 log = structlog.get_logger(__name__)
-
-
-class ReconcileOptions(SourceOptions):
-    #: The store to list (by name).
-    store: str
-    #: Only keys under this prefix (store-relative), e.g. "incoming/".
-    prefix: str = ""
-    #: Seconds between passes; the first pass runs at start-up (after `initial_delay`).
-    interval: float = Field(3600.0, gt=0)
-    initial_delay: float = Field(0.0, ge=0)
-    #: Globs (fnmatch on the key, '*' crosses '/') never emitted: audit records, temp files.
-    ignore: list[str] = Field(default_factory=lambda: ["*.audit.json", "*.part", "*.tmp"])
-    #: Emit at most this many objects per pass (a huge backlog drains over several passes).
-    max_per_pass: int = Field(100_000, ge=1)
 
 
 class ReconcileSource(BackgroundSource):

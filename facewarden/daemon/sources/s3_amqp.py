@@ -15,18 +15,17 @@ exchange=minio-events exchange_type=fanout durable=on``) then
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Any
 
 import pika
 import structlog
-from pydantic import Field
 
+from facewarden.config.sources import AmqpEventSourceConfig as AmqpEventOptions
 from facewarden.daemon.sources import BackgroundSource, Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
     Backoff,
     BucketMap,
     RecentEvents,
-    SourceOptions,
     check_stores,
     emit_all,
     normalize_s3_notification,
@@ -34,29 +33,6 @@ from facewarden.daemon.sources.s3_events import (
 )
 
 log = structlog.get_logger(__name__)
-
-
-class AmqpEventOptions(SourceOptions):
-    url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    #: The exchange MinIO's AMQP target publishes to.
-    exchange: str = "minio-events"
-    exchange_type: Literal["direct", "fanout", "topic", "headers"] = "fanout"
-    #: Declare the exchange (durable) if it does not exist; it must match MinIO's settings.
-    declare_exchange: bool = True
-    #: Our queue, bound to the exchange; created durable when missing.
-    queue: str = "facewarden.s3-events"
-    #: Routing/binding key: MinIO's `routing_key` for direct exchanges, a pattern for topic.
-    binding_key: str = ""
-    #: "quorum" survives a broker node loss; "classic" for brokers without quorum queues.
-    queue_type: Literal["quorum", "classic"] = "quorum"
-    prefetch: int = Field(32, ge=1)
-    #: The S3 stores (by name) whose bucket events this source accepts. Explicit on
-    #: purpose: a target bucket watched by mistake would feed results back as inputs.
-    stores: list[str] = Field(min_length=1)
-    #: Seconds to wait before requeueing a delivery whose emit failed (no hot loop).
-    retry_delay: float = Field(1.0, ge=0)
-    #: Upper bound of the reconnect backoff (seconds) while the broker is away.
-    reconnect_max_delay: float = Field(30.0, gt=0)
 
 
 class AmqpEventSource(BackgroundSource):
@@ -112,7 +88,7 @@ class AmqpEventSource(BackgroundSource):
     def _deliver(self, ch: Any, tag: int, body: bytes, emit: Emit) -> None:
         events = normalize_s3_notification(body, buckets=self.buckets, source=self.name)
         try:
-            emit_all(events, emit, self._recent)
+            emit_all(events, emit, self._recent, accepts=self.opts.accepts)
         except Exception as exc:
             log.error("source.emit_failed", source=self.name, error=type(exc).__name__,
                       detail=str(exc)[:200])

@@ -20,14 +20,14 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
 
+from facewarden.config.sources import parse_source
 from facewarden.daemon.jobs import Event
 from facewarden.errors import ConfigError, UnsafeKey
 from facewarden.storage.base import safe_key
@@ -259,10 +259,15 @@ class RecentEvents:
                 self._items.popitem(last=False)
 
 
-def emit_all(events: list[Event], emit: Any, recent: RecentEvents) -> int:
-    """Emits each event not recently emitted; raises whatever emit raises. Returns count."""
+def emit_all(events: list[Event], emit: Any, recent: RecentEvents,
+             accepts: Callable[[str], bool] | None = None) -> int:
+    """Emits each event not recently emitted and whose key the source ``accepts`` (its
+    `prefixes`/`ignore` filters); raises whatever emit raises. Returns count."""
     n = 0
     for ev in events:
+        if accepts is not None and not accepts(ev.key):
+            log.debug("s3_event.filtered", source=ev.source, store=ev.store)
+            continue
         if recent.seen(ev):
             log.debug("s3_event.repeat", source=ev.source, store=ev.store)
             continue
@@ -287,29 +292,17 @@ class Backoff:
         self.attempt = 0
 
 
-class SourceOptions(BaseModel):
-    """Base for a source's own options: unknown keys are errors, like everywhere else."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    type: str
-    name: str
-
-
-M = TypeVar("M", bound=SourceOptions)
+M = TypeVar("M")
 
 
 def parse_options(model: type[M], cfg: Any) -> M:
-    """Validates a GenericSourceConfig against ``model``; errors name the source and key."""
-    data = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        name = data.get("name", "?")
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"sources[{name}].{loc}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("config.invalid", "; ".join(lines)) from None
+    """The source's options as ``model``: validated already when they come from Settings,
+    validated here when a tool or test passes a mapping. Errors name the source and key."""
+    opts = parse_source(cfg)
+    if not isinstance(opts, model):
+        raise ConfigError("config.invalid", f"sources[{opts.name}].type: {opts.type!r} options given "
+                          f"to a {getattr(model, '__name__', model)} source")
+    return opts
 
 
 def check_stores(names: list[str], ctx_stores: dict[str, Any], source: str) -> BucketMap:

@@ -15,14 +15,13 @@ from typing import Any
 import boto3
 import structlog
 from botocore.config import Config as BotoConfig
-from pydantic import Field
 
+from facewarden.config.sources import SqsSourceConfig as SqsOptions
 from facewarden.daemon.sources import BackgroundSource, Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
     Backoff,
     BucketMap,
     RecentEvents,
-    SourceOptions,
     check_stores,
     emit_all,
     normalize_s3_notification,
@@ -30,23 +29,6 @@ from facewarden.daemon.sources.s3_events import (
 )
 
 log = structlog.get_logger(__name__)
-
-
-class SqsOptions(SourceOptions):
-    #: Full queue URL, or `queue_name` to look the URL up.
-    queue_url: str | None = None
-    queue_name: str | None = None
-    #: The S3 stores (by name) whose bucket events this source accepts. Explicit on
-    #: purpose: a target bucket watched by mistake would feed results back as inputs.
-    stores: list[str] = Field(min_length=1)
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    #: Long-poll wait per request (SQS allows 0-20 s); also bounds how long stop() takes.
-    wait_time: int = Field(20, ge=0, le=20)
-    max_messages: int = Field(10, ge=1, le=10)
-    #: Seconds a received message stays hidden; None = the queue's own setting.
-    visibility_timeout: int | None = Field(None, ge=0, le=43200)
 
 
 class SqsSource(BackgroundSource):
@@ -103,7 +85,7 @@ class SqsSource(BackgroundSource):
         events = normalize_s3_notification(msg.get("Body", ""), buckets=self.buckets,
                                            source=self.name)
         try:
-            emit_all(events, emit, self._recent)
+            emit_all(events, emit, self._recent, accepts=self.opts.accepts)
         except Exception as exc:
             # Not deleted: SQS redelivers after the visibility timeout.
             log.error("source.emit_failed", source=self.name, error=type(exc).__name__,
@@ -117,11 +99,6 @@ class SqsSource(BackgroundSource):
 
 def _factory(cfg: Any, ctx: SourceContext) -> SqsSource:
     opts = parse_options(SqsOptions, cfg)
-    if not (opts.queue_url or opts.queue_name):
-        from facewarden.errors import ConfigError
-
-        raise ConfigError("config.invalid",
-                          f"sources[{opts.name}].queue_url: queue_url or queue_name is required")
     return SqsSource(opts, check_stores(opts.stores, ctx.stores, opts.name))
 
 

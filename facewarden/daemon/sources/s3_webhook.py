@@ -16,50 +16,26 @@ from __future__ import annotations
 
 import hmac
 import json
-from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from facewarden.config.sources import WebhookSourceConfig as WebhookOptions
 from facewarden.daemon.sources import Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
     BucketMap,
     RecentEvents,
-    SourceOptions,
     check_stores,
     emit_all,
     normalize_s3_notification,
     parse_options,
 )
-from facewarden.errors import ConfigError
 
 log = structlog.get_logger(__name__)
-
-
-class WebhookOptions(SourceOptions):
-    #: URL path of this source in the daemon's HTTP app; default /webhooks/s3/<name>.
-    path: str | None = None
-    #: Shared bearer token (MinIO's auth_token). Prefer `token_file` to keep it out of
-    #: the config file.
-    token: str | None = Field(None, min_length=16)
-    token_file: Path | None = None
-    max_body_bytes: int = Field(1024 * 1024, gt=0)
-    #: The S3 stores (by name) whose bucket events this source accepts. Explicit on
-    #: purpose: a target bucket watched by mistake would feed results back as inputs.
-    stores: list[str] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _one_token(self) -> WebhookOptions:
-        if (self.token is None) == (self.token_file is None):
-            raise ValueError("exactly one of token or token_file is required")
-        if self.path is not None and not self.path.startswith("/"):
-            raise ValueError("path must start with '/'")
-        return self
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -143,17 +119,8 @@ class WebhookSource:
 
 def _factory(cfg: Any, ctx: SourceContext) -> WebhookSource:
     opts = parse_options(WebhookOptions, cfg)
-    token = opts.token
-    if opts.token_file is not None:
-        try:
-            token = opts.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError("config.invalid", f"sources[{opts.name}].token_file: cannot read "
-                              f"{opts.token_file}: {exc.strerror}") from exc
-        if len(token) < 16:
-            raise ConfigError("config.invalid", f"sources[{opts.name}].token_file: the token "
-                              "must be at least 16 characters")
-    assert token is not None
+    assert opts.token is not None  # the options model requires one
+    token = opts.token.get_secret_value()
     return WebhookSource(opts, check_stores(opts.stores, ctx.stores, opts.name), token)
 
 
