@@ -158,7 +158,6 @@ def run_batch(plan: _BatchPlan, jobs: list[tuple[Path, Job]], *, workers: int = 
         for path, job in jobs:
             yield _item(path, job, pipeline, plan.settings)
         return
-    check_models(plan.settings)
     _WORKER_COUNT[0] = workers
     ctx = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
@@ -167,23 +166,15 @@ def run_batch(plan: _BatchPlan, jobs: list[tuple[Path, Job]], *, workers: int = 
         try:
             for fut in concurrent.futures.as_completed(futures):
                 yield fut.result()
+        except concurrent.futures.process.BrokenProcessPool:
+            # A worker could not start (missing models...): no job ran. Load the models here
+            # once to raise the real error (ModelError: one line, exit 78).
+            handlers.get(handler).warm_up(plan.pipeline().context(), params)
+            raise
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
-
-
-def check_models(settings: Settings) -> None:
-    """Every installed model file is there, without loading any (the parent of worker
-    processes must not start model runtimes); each load still checks its sha256."""
-    from facewarden.errors import ModelError
-    from facewarden.models.registry import FIX_HINT, MODELS, ModelStore, PackageFile
-
-    store = ModelStore(Path(settings.models_dir))
-    for spec in MODELS.values():
-        path = store.path_of(spec)
-        if not isinstance(spec.origin, PackageFile) and not path.is_file():
-            raise ModelError("model.missing", f"model {spec.name} is not installed at {path}: {FIX_HINT}")
 
 
 _WORKER: dict[str, Any] = {}
