@@ -1,3 +1,4 @@
 from facewarden.cli import main
 
-main()
+if __name__ == "__main__":  # not in spawned worker processes, which import this as __mp_main__
+    main()

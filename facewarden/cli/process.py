@@ -29,7 +29,7 @@ from facewarden.exitcodes import EX_FAILED, EX_OK
               help="Replace an existing output whose content differs (refused by default).")
 @click.option("--force", is_flag=True, help="Process again even when the output already holds this result.")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: one per core, at most one per input).")
+              help="Worker processes (default: one per core for batches of 8 or more, else 1).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per input on stdout (the summary goes to stderr).")
 @click.option("--quiet", "-q", is_flag=True, help="Only the summary and failed inputs.")
@@ -59,7 +59,9 @@ def process(inputs: tuple[Path, ...], handler: str, out: Path | None, overwrite:
                                         replace="always" if overwrite else "never", force=force)
         if not jobs and not refused:
             click.echo(f"no input files under {', '.join(map(str, inputs))}", err=True)
-        count = workers or len(os.sched_getaffinity(0))
+        # Default: one worker per core, but a worker process costs a model load (~1 s), so
+        # small batches stay in this process.
+        count = workers or max(1, min(len(os.sched_getaffinity(0)), len(jobs) // 4))
         started = time.perf_counter()
         summary = _Summary(len(jobs) + len(refused))
         show_bar = sys.stderr.isatty() and not as_json and len(jobs) > 1

@@ -98,8 +98,9 @@ class BatchItem:
 class _BatchPlan:
     """Everything a worker process needs to rebuild the same pipeline (picklable)."""
 
-    def __init__(self, settings: Settings, root: Path, out: Path | None) -> None:
+    def __init__(self, settings: Settings, root: Path, out: Path | None, log_level: str = "warning") -> None:
         self.settings, self.root, self.out = settings, root, out
+        self.log_level = log_level  # worker processes log like the command that started them
 
     def stores(self) -> dict[str, Any]:
         stores = open_stores(self.settings.all_stores())
@@ -143,9 +144,8 @@ def plan_jobs(settings: Settings, inputs: list[Path], out: Path | None, handler:
 def run_batch(plan: _BatchPlan, jobs: list[tuple[Path, Job]], *, workers: int = 1) -> Iterator[BatchItem]:
     """Runs the jobs and yields one item per input as each finishes (order of completion).
 
-    One worker runs in this process. More run in forked worker processes, each building
-    its own pipeline and loading its models once; this process loads none (forking after
-    model runtimes started their threads is unsafe). Models are checked up front either
+    One worker runs in this process. More run in worker processes (forkserver), each
+    building its own pipeline and loading its models once; this process loads none. Models are checked up front either
     way: a missing one raises ModelError before any input is touched."""
     if not jobs:
         return
@@ -158,10 +158,12 @@ def run_batch(plan: _BatchPlan, jobs: list[tuple[Path, Job]], *, workers: int = 
         for path, job in jobs:
             yield _item(path, job, pipeline, plan.settings)
         return
-    _WORKER_COUNT[0] = workers
-    ctx = multiprocessing.get_context("fork")
+    # forkserver, not fork: the caller may have threads (a test runner, an embedding
+    # application), and a forked copy of a process with threads can deadlock on a lock
+    # some thread held at the fork.
+    ctx = multiprocessing.get_context("forkserver")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                                initargs=(plan, handler, params)) as pool:
+                                                initargs=(plan, handler, params, workers)) as pool:
         futures = [pool.submit(_worker_run, path, job) for path, job in jobs]
         try:
             for fut in concurrent.futures.as_completed(futures):
@@ -178,16 +180,17 @@ def run_batch(plan: _BatchPlan, jobs: list[tuple[Path, Job]], *, workers: int = 
 
 
 _WORKER: dict[str, Any] = {}
-_WORKER_COUNT = [1]  # set before forking: each worker's share of the cores
 
 
-def _worker_init(plan: _BatchPlan, handler: str, params: dict[str, Any]) -> None:
+def _worker_init(plan: _BatchPlan, handler: str, params: dict[str, Any], workers: int) -> None:
     import signal
 
+    from facewarden.daemon.logs import configure_logging
     from facewarden.daemon.pool import limit_native_threads
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the batch stops
-    limit_native_threads(_WORKER_COUNT[0])
+    configure_logging(plan.settings.log.format, plan.log_level)
+    limit_native_threads(workers)
     pipeline = plan.pipeline()
     handlers.get(handler).warm_up(pipeline.context(), params)
     _WORKER.update(pipeline=pipeline, settings=plan.settings)
