@@ -29,9 +29,9 @@ from minio.credentials import (
 )
 from pydantic import Field
 
+from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.sources import Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
-    Backoff,
     BucketMap,
     RecentEvents,
     SourceOptions,
