@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 DEFAULT_IGNORE = ["*.part", "*.tmp", "*.crdownload", "~$*", ".*", "@eaDir", "#recycle",
                   "Thumbs.db", "desktop.ini", ".DS_Store", "*.audit.json"]
@@ -165,6 +165,9 @@ class HttpConfig(_Strict):
     bind: str = "127.0.0.1"
     port: int = Field(8088, ge=0, le=65535)
     max_body_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    #: HMAC key for signed GET /jobs/{id} requests (see docs/job-message.md); none = only
+    #: dms-webhook sources' secrets are accepted, and without those the endpoint answers 403.
+    job_status_secret: SecretStr | None = None
 
 
 class LogConfig(_Strict):

@@ -74,11 +74,15 @@ def _reason_kwargs(last: dict[str, str] | None, code: str, message: str) -> dict
 
 
 def run_worker(settings: Settings, queue: Queue, stop: threading.Event | object, *, name: str,
-               on_outcome: Callable[[Outcome], None] | None = None) -> None:
-    """Loops until ``stop`` is set; a job in progress always finishes first (drain)."""
+               on_outcome: Callable[[Outcome], None] | None = None,
+               on_ready: Callable[[], None] | None = None) -> None:
+    """Loops until ``stop`` is set; a job in progress always finishes first (drain).
+    ``on_ready`` is called once the models are loaded (the supervisor's readiness)."""
     pipeline = Pipeline(settings, open_stores(settings.all_stores()))
     pipeline.warm_up()
     log.info("worker.ready", worker=name)
+    if on_ready is not None:
+        on_ready()
     while not stop.is_set():
         lease = queue.get(name, timeout=0.5)
         if lease is None:
