@@ -83,6 +83,8 @@ def _worker_main(settings_json: str, name: str, stop: Any, workers: int = 1,
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log.format, settings.log.level)
+    if flag.is_set():
+        return  # stopped while starting: do not load models only to exit
     queue = open_queue(settings)
     try:
         run_worker(settings, queue, flag, name=name, on_ready=ready.set if ready is not None else None)
