@@ -11,8 +11,8 @@ values to mmap files in ``STATE/metrics`` and the scrape sums them. Rules:
    ``metrics.JOBS.labels(handler="anonymize", outcome="ok").inc()``. Metric objects are
    created on first attribute access (after ``configure``), never at import time, so
    always go through the module attribute, never ``from ... import JOBS`` at import time.
-3. When a worker process exits, its supervisor may call ``process_exited(pid)`` so that
-   live-only gauges forget it.
+3. When a worker process exits, its supervisor (pool.WorkerPool) calls
+   ``process_exited(pid)`` so that live-only gauges forget it.
 
 Queue depth is read at scrape time from a callable (``QueueDepthCollector``), not stored.
 Without ``configure`` everything works in plain single-process mode (tests, one-shot CLI).

@@ -22,6 +22,7 @@ import structlog
 
 from facewarden import exitcodes
 from facewarden.config.schema import Settings
+from facewarden.daemon import metrics
 from facewarden.daemon.health import Health
 
 log = structlog.get_logger("facewarden.pool")
@@ -180,6 +181,8 @@ class WorkerPool:
                         f"{ready}/{self.count} worker processes have loaded their models")
 
     def _reap(self, name: str, proc: BaseProcess) -> None:
+        if proc.pid is not None:
+            metrics.process_exited(proc.pid)  # its live-only gauges go with it
         del self.procs[name]
         self._ready.pop(name, None)
         self._clean_exit_at.pop(name, None)
@@ -247,5 +250,8 @@ class WorkerPool:
                 proc.kill()
                 proc.join(5)
                 self._give_back(name, "worker.stopped", "the daemon stopped before the job finished")
+        for proc in self.procs.values():
+            if proc.pid is not None:
+                metrics.process_exited(proc.pid)
         self.procs.clear()
         self._ready.clear()

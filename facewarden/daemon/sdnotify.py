@@ -28,15 +28,3 @@ def notify(state: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def watchdog_interval() -> float | None:
-    """Half of ``WatchdogSec`` in seconds (the recommended ping interval), or None."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    try:
-        return max(0.5, int(usec) / 2_000_000)
-    except ValueError:
-        return None
