@@ -372,3 +372,27 @@ def test_job_status_without_a_key_is_refused_not_open(tmp_path):
         assert r.status_code == 403 and "http.job_status_secret" in r.json()["message"]
     finally:
         handle.stop()
+
+
+# -- the readiness registry ------------------------------------------------------------------
+
+
+def test_health_watch_asks_the_probe_on_every_snapshot_and_names_what_is_not_ready():
+    from facewarden.daemon.health import Health
+
+    health = Health()
+    assert health.ready()[0] is False  # nothing reported yet: not ready
+    up = {"value": False}
+    health.watch("source:in", lambda: up["value"], "not watching yet")
+    health.set("workers", True)
+    assert health.not_ready() == {"source:in": "not watching yet"}
+    up["value"] = True
+    assert health.ready()[0] is True and health.not_ready() == {}
+
+    def broken() -> bool:
+        raise OSError("gone")
+
+    health.watch("source:s3", broken, "not connected")
+    assert health.not_ready() == {"source:s3": "not connected (OSError)"}
+    health.forget("source:s3")
+    assert health.ready()[0] is True

@@ -302,7 +302,11 @@ def job_status_paths(sources: list[Any]) -> list[str]:
 
 
 def _queue_ok(queue: Any) -> bool:
+    """One quick try (a broker's ``reachable()``; depth() would retry for publish_timeout)."""
     try:
+        reachable = getattr(queue, "reachable", None)
+        if reachable is not None:
+            return bool(reachable())
         queue.depth()
         return True
     except Exception:
