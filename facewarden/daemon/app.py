@@ -12,16 +12,15 @@ import structlog
 
 from facewarden import exitcodes
 from facewarden.config.schema import Settings
-from facewarden.daemon.amqp import redact_url
-from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.health import Health
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.pool import WorkerPool
+from facewarden.daemon.preflight import check_models, wait_for_broker
 from facewarden.daemon.queues.factory import open_queue
 from facewarden.daemon.routing import Router
 from facewarden.daemon.sources import Source, SourceContext, build_source
 from facewarden.daemon.supervise import START_FAILURE_GRACE, StopRequest, supervise
-from facewarden.errors import ConfigError, FacewardenError, ModelError
+from facewarden.errors import ConfigError, FacewardenError
 from facewarden.handlers import base as handlers
 from facewarden.storage.audit import AuditLog
 from facewarden.storage.stores import open_stores
@@ -239,46 +238,6 @@ class Daemon:
 def run_daemon(settings: Settings, *, workers: int | None = None) -> int:
     """The body of ``facewarden run``: returns the process exit code."""
     return supervise(Daemon(settings, workers=workers), keep_handlers=True)
-
-
-def check_models(models_dir: Path | str) -> None:
-    """Every model file present (checked once, up front, by the supervisor; each worker
-    verifies the checksums of the files it loads)."""
-    from facewarden.models.registry import MODELS, ModelStore, PackageFile
-
-    store = ModelStore(Path(models_dir))
-    missing = [spec.name for spec in MODELS.values()
-               if not isinstance(spec.origin, PackageFile) and not store.path_of(spec).is_file()]
-    if missing:
-        raise ModelError("model.missing",
-                         f"model file(s) {', '.join(missing)} not installed under {models_dir}: "
-                         "run `facewarden models install` (with --models-dir or --config as for run)")
-
-
-def wait_for_broker(queue: Any, cfg: Any, stopping: Callable[[], bool]) -> None:
-    """Start-up's broker check: retries with backoff for ``publish_timeout`` seconds (the
-    broker's retry budget), then fails with a retryable error (exit 69)."""
-    budget = cfg.publish_timeout
-    deadline = time.monotonic() + budget
-    backoff = Backoff(base=0.25, cap=5.0)
-    while not queue.reachable():
-        if stopping():
-            return
-        delay = backoff.next()
-        if time.monotonic() + delay > deadline:
-            raise FacewardenError(
-                "queue.unavailable",
-                f"queue.rabbitmq: cannot reach the broker at {redact_url(cfg.url)} "
-                f"(tried for {budget:.0f} s, queue.rabbitmq.publish_timeout)",
-                retryable=True)
-        log.warning("broker.unreachable", url=redact_url(cfg.url), retry_in=round(delay, 2))
-        _sleep_unless(stopping, delay)
-
-
-def _sleep_unless(stopping: Callable[[], bool], delay: float) -> None:
-    end = time.monotonic() + delay
-    while not stopping() and time.monotonic() < end:
-        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
 
 def job_status_secrets(settings: Settings, sources: list[Any]) -> list[bytes]:

@@ -42,8 +42,8 @@ class WorkerHost:
 
     def start(self, stop: StopRequest) -> None:
         from facewarden.daemon import metrics
-        from facewarden.daemon.app import check_models, wait_for_broker
         from facewarden.daemon.pool import WorkerPool
+        from facewarden.daemon.preflight import check_models, wait_for_broker
         from facewarden.daemon.queues.rabbitmq import RabbitMQQueue
 
         settings = self.settings
