@@ -191,6 +191,19 @@ def test_unreachable_broker_exits_69_after_its_retry_budget(tmp_path):
         assert p.count("worker.started") == 0
 
 
+def test_worker_host_with_missing_models_exits_78_up_front(tmp_path):
+    extra = f'[queue]\nbackend = "rabbitmq"\n[queue.rabbitmq]\nurl = "amqp://guest:guest@127.0.0.1:{free_port()}/%2F"\n'
+    cfg = config(tmp_path, workers=2, models=tmp_path / "no-models", extra=extra)
+    p = Proc(tmp_path, "worker", "--config", str(cfg))
+    try:
+        assert p.wait(10) == EX_CONFIG
+    finally:
+        p.close()
+    (line,) = error_lines(p.stderr)
+    assert line.startswith("error [model.missing]")
+    assert p.count("worker.started") == 0
+
+
 def test_worker_host_refuses_the_embedded_queue_with_78(tmp_path):
     p = Proc(tmp_path, "worker", "--config", str(config(tmp_path, workers=1)))
     try:
@@ -396,3 +409,56 @@ def test_health_watch_asks_the_probe_on_every_snapshot_and_names_what_is_not_rea
     assert health.not_ready() == {"source:s3": "not connected (OSError)"}
     health.forget("source:s3")
     assert health.ready()[0] is True
+
+
+@pytest.mark.slow
+@pytest.mark.rabbitmq
+def test_worker_host_runs_the_same_loop_ready_then_a_group_sigterm_stops_it_cleanly(tmp_path):
+    import fixtures_rabbit
+
+    url = fixtures_rabbit.ensure_broker()
+    cfg = fixtures_rabbit.unique_cfg(url)
+    port = free_port()
+    extra = (f'[queue]\nbackend = "rabbitmq"\n[queue.rabbitmq]\nurl = "{url}"\nqueue = "{cfg.queue}"\n'
+             f'exchange = "{cfg.exchange}"\ndead_letter_exchange = "{cfg.dead_letter_exchange}"\n')
+    p = Proc(tmp_path, "worker", "--config", str(config(tmp_path, http_port=port, extra=extra)),
+             "--concurrency", "2")
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, 120, "the worker host to be ready")
+        assert p.count("worker.ready") == 2
+        os.killpg(p.proc.pid, signal.SIGTERM)
+        os.killpg(p.proc.pid, signal.SIGTERM)
+        assert p.wait(30) == 0
+        wait_for(p.group_gone, 10, "every worker process to exit")
+    finally:
+        p.close()
+        fixtures_rabbit.delete_topology(url, cfg)
+    assert p.count("worker.died") == 0 and p.count("worker.started") == 2, p.stderr[-3000:]
+    assert p.count("worker_host.stopped") == 1
+
+
+@pytest.mark.slow
+def test_group_sigterm_twice_mid_job_finishes_the_job_in_hand_once(tmp_path, face_photo):
+    from tests.daemon_harness import audit_rows
+
+    p = Proc(tmp_path, "run", "--config", str(config(tmp_path, workers=1)))
+    try:
+        wait_for(lambda: p.count("worker.ready") >= 1, 120, "the worker ready")
+        (tmp_path / "in" / "drain.jpg").write_bytes(face_photo.read_bytes())
+        wait_for(lambda: p.count("job.queued") >= 1, 30, "the job queued")
+        time.sleep(0.3)  # leased, inside the model
+        os.killpg(p.proc.pid, signal.SIGTERM)
+        os.killpg(p.proc.pid, signal.SIGTERM)
+        assert p.wait(60) == 0
+    finally:
+        p.close()
+    rows = audit_rows(tmp_path / "state")
+    assert [r["outcome"] for r in rows] == ["ok"], rows
+    assert (tmp_path / "out" / "drain.jpg").exists()
+    assert p.count("worker.died") == 0

@@ -55,8 +55,7 @@ class WorkerHost:
                 'queue.backend = "rabbitmq" (with the embedded queue, `facewarden run` '
                 "runs the workers itself)",
             )
-        if settings.routes:
-            check_models(settings.models_dir)
+        check_models(settings.models_dir)  # jobs may ask for any handler: every model
         state_dir = Path(settings.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.queue = RabbitMQQueue(settings.queue.rabbitmq, state_dir=state_dir)
