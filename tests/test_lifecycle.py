@@ -462,3 +462,26 @@ def test_group_sigterm_twice_mid_job_finishes_the_job_in_hand_once(tmp_path, fac
     assert [r["outcome"] for r in rows] == ["ok"], rows
     assert (tmp_path / "out" / "drain.jpg").exists()
     assert p.count("worker.died") == 0
+
+
+def test_exit_codes_follow_the_documented_table():
+    from pydantic import BaseModel, ValidationError
+
+    from facewarden import exitcodes
+    from facewarden.daemon.supervise import error_line, exit_code_for
+    from facewarden.errors import ConfigError, FacewardenError, ModelError, StoreError
+
+    class M(BaseModel):
+        n: int
+
+    try:
+        M(n="x")
+    except ValidationError as exc:
+        invalid = exc
+    assert exit_code_for(ConfigError("config.invalid", "x")) == exitcodes.EX_CONFIG == 78
+    assert exit_code_for(ModelError("model.missing", "x")) == 78
+    assert exit_code_for(invalid) == 78
+    assert exit_code_for(StoreError("store.error", "down")) == exitcodes.EX_UNAVAILABLE == 69
+    assert exit_code_for(FacewardenError("config.no_sources", "x")) == exitcodes.EX_FAILED == 1
+    assert exit_code_for(RuntimeError("bug")) == exitcodes.EX_SOFTWARE == 70
+    assert error_line(StoreError("store.error", "the bucket is away")) == "error [store.error]: the bucket is away"
