@@ -58,7 +58,9 @@ def env(tmp_path: Path, face_photo: Path):
         return event.hints["job_id"]
 
     source.start(emit)
-    handle = serve_in_thread(build_app(sources=[source]), "127.0.0.1", 0)
+    # As the daemon wires it: GET /jobs/{id} is the daemon's, and accepts the DMS secret.
+    app = build_app(sources=[source], services={"jobs": jobs}, job_secrets=[SECRET])
+    handle = serve_in_thread(app, "127.0.0.1", 0)
     with httpx.Client(base_url=handle.url, timeout=30) as client:
         yield client, events, jobs, stores, face_photo
     handle.stop()

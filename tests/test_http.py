@@ -17,7 +17,7 @@ from starlette.routing import Route
 from facewarden.daemon import metrics
 from facewarden.daemon.http import build_app, serve_in_thread
 from facewarden.daemon.sdnotify import notify
-from facewarden.errors import ConfigError
+from facewarden.errors import ConfigError, FacewardenError
 
 
 class HookSource:
@@ -79,7 +79,7 @@ def test_probes_metrics_and_source_routes(server):
     assert httpx.get(f"{base}/nope").status_code == 404
 
 
-def test_route_clash_and_port_in_use_are_config_errors():
+def test_route_clash_is_a_config_error_and_a_taken_port_a_retryable_one():
     class Clash(HookSource):
         def routes(self):
             return [Route("/metrics", lambda r: None)]
@@ -90,8 +90,11 @@ def test_route_clash_and_port_in_use_are_config_errors():
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(ConfigError, match="could not listen"):
+        # Another process holds the port: worth a restart later (exit 69), not a config error.
+        with pytest.raises(FacewardenError, match="already in use") as taken:
             serve_in_thread(build_app(), "127.0.0.1", port)
+        assert taken.value.code == "http.port_in_use" and taken.value.retryable
+        assert not isinstance(taken.value, ConfigError)
 
 
 def test_metrics_from_worker_processes_are_summed(tmp_path: Path):

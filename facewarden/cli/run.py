@@ -29,7 +29,7 @@ def run(watch: Path | None, out: Path | None, state: Path | None, workers: int |
     and audit records. Without a config file, --watch and --out are enough. SIGTERM drains:
     jobs in progress finish, no new job starts."""
     from facewarden.config import settings_from_flags
-    from facewarden.daemon.app import Daemon
+    from facewarden.daemon.app import run_daemon
     from facewarden.daemon.logs import configure_logging
 
     try:
@@ -39,8 +39,6 @@ def run(watch: Path | None, out: Path | None, state: Path | None, workers: int |
         if not settings.sources:
             raise FacewardenError("config.no_sources", "nothing to watch: pass --watch DIR --out DIR or a config "
                                   "file with sources and routes")
-        daemon = Daemon(settings)
-        daemon.workers_override = workers
-        sys.exit(daemon.run_forever())
     except FacewardenError as err:
         fail(err)
+    sys.exit(run_daemon(settings, workers=workers))

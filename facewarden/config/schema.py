@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from facewarden.config.overlap import find_overlaps
 from facewarden.config.paths import absolute, default_models_dir, default_state_dir
@@ -154,6 +154,9 @@ class HttpConfig(_Strict):
     bind: str = "127.0.0.1"
     port: int = Field(8088, ge=0, le=65535)
     max_body_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    #: HMAC key for signed GET /jobs/{id} requests (see docs/job-message.md); none = only
+    #: dms-webhook sources' secrets are accepted, and without those the endpoint answers 403.
+    job_status_secret: SecretStr | None = None
 
 
 class LogConfig(_Strict):

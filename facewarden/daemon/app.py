@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from facewarden import exitcodes
 from facewarden.config.schema import Settings
+from facewarden.daemon.health import Health
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.pool import WorkerPool
+from facewarden.daemon.preflight import check_models, wait_for_broker
 from facewarden.daemon.queues.factory import open_queue
 from facewarden.daemon.routing import Router
 from facewarden.daemon.sources import Source, SourceContext, build_source
+from facewarden.daemon.supervise import START_FAILURE_GRACE, StopRequest, supervise
 from facewarden.errors import ConfigError, FacewardenError
 from facewarden.handlers import base as handlers
 from facewarden.storage.audit import AuditLog
@@ -45,23 +49,32 @@ class JobStatus:
 
 
 class Daemon:
-    def __init__(self, settings: Settings):
+    """The daemon as ``supervise()`` runs it (see supervise.py for the lifecycle rules).
+
+    Embedders and tests may also call ``start()`` and ``stop()`` directly: ``start()``
+    raises after undoing a partial start.
+    """
+
+    name = "daemon"
+
+    def __init__(self, settings: Settings, *, workers: int | None = None, health: Health | None = None):
         self.settings = settings
-        self.stores = open_stores(settings.all_stores())
-        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        self.audit = AuditLog(settings.state_dir)
-        self.queue = open_queue(settings)
-        self.router = Router(settings)
-        self.services: dict[str, Any] = {"audit": self.audit, "queue": self.queue,
-                                         "jobs": JobStatus(self.queue, self.audit), "emit": self.emit}
+        self.health = health or Health()
+        #: `--workers N` from the command line; 0 = no local workers (worker hosts do it).
+        self.workers_override: int | None = workers
+        self.stores: dict[str, Any] = {}
+        self.audit: AuditLog | None = None
+        self.queue: Any = None
+        self.router: Router | None = None
+        self.services: dict[str, Any] = {"health": self.health, "emit": self.emit}
         self.sources: list[Source] = []
+        self._started_sources: list[Source] = []
         self.pool: WorkerPool | None = None
         self.http: Any = None
         self._emit_lock = threading.Lock()
-        self._stop = threading.Event()
-        #: `--workers N` from the command line; 0 = no local workers (worker hosts do it).
-        self.workers_override: int | None = None
-        self._check_routes()
+        self._stop = threading.Event()  # set by stop() (never from a signal handler)
+        self._stop_request: StopRequest | None = None
+        self._stopped = False
 
     def _check_routes(self) -> None:
         for i, route in enumerate(self.settings.routes):
@@ -72,6 +85,7 @@ class Daemon:
 
     def emit(self, event: Event) -> str | None:
         """Thread-safe; returns once the job is durable in the queue (or was a repeat)."""
+        assert self.router is not None and self.queue is not None, "emit before start"
         job = self.router.route(event)
         if job is None:
             return None
@@ -83,40 +97,89 @@ class Daemon:
                      handler=job.handler)
         return job.id if accepted else None
 
-    def start(self) -> None:
+    def worker_count(self) -> int:
+        if self.workers_override is not None:  # `--workers 0`: dedicated worker hosts do the work
+            return self.workers_override
+        return self.settings.workers.resolved_count()
+
+    def start(self, stop: StopRequest | None = None) -> None:
+        """Cheap, fallible steps first (routes, models, stores, sources, HTTP port, broker),
+        the worker processes after them, the sources' watching last. On any failure
+        everything already started is stopped again and the error is raised."""
+        self._stop_request = stop
+        stopping = (lambda: stop.requested) if stop is not None else (lambda: False)
+        self.health.set("daemon", False, "starting")
+        try:
+            self._start(stopping)
+        except BaseException:
+            self.stop(grace=START_FAILURE_GRACE)
+            raise
+
+    def _start(self, stopping: Callable[[], bool]) -> None:
+        settings = self.settings
+        count = self.worker_count()
+        self._check_routes()
+        if settings.routes and count > 0:
+            check_models(settings.models_dir)
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+        self.stores = open_stores(settings.all_stores())
+        self.audit = AuditLog(settings.state_dir)
+        self.queue = open_queue(settings)
+        self.router = Router(settings)
+        self.services.update(audit=self.audit, queue=self.queue, jobs=JobStatus(self.queue, self.audit))
+        ctx = SourceContext(stores=self.stores, settings=settings, services=self.services)
+        self.sources = [build_source(cfg, ctx) for cfg in settings.sources]
+        if settings.http.enabled:
+            from facewarden.daemon.http import build_app, serve_in_thread
+
+            app = build_app(settings, sources=self.sources, services=self.services, health=self.health,
+                            ready={"queue": lambda: _queue_ok(self.queue)},
+                            job_secrets=job_status_secrets(settings, self.sources),
+                            job_paths=job_status_paths(self.sources))
+            self.http = serve_in_thread(app, settings.http.bind, settings.http.port)
+        if settings.queue.backend == "rabbitmq":
+            wait_for_broker(self.queue, settings.queue.rabbitmq, stopping)
+        if stopping():
+            return
         release_all = getattr(self.queue, "release_all", None)
         if release_all is not None:
             n = release_all(reason={"code": "daemon.restarted",
                                     "message": "the daemon restarted while the job was in progress"})
             if n:
                 log.warning("jobs.recovered", jobs=n)
-        count = self.settings.workers.resolved_count()
-        if self.workers_override is not None:  # `--workers 0`: dedicated worker hosts do the work
-            count = self.workers_override
         from facewarden.daemon import metrics
 
-        metrics.configure(self.settings.state_dir, fresh=True)  # before worker processes spawn
+        metrics.configure(settings.state_dir, fresh=True)  # before worker processes spawn
         if count > 0:
-            self.pool = WorkerPool(self.settings, self.queue, count)
+            self.pool = WorkerPool(settings, self.queue, count, health=self.health, stopping=stopping)
             self.pool.start()
-        ctx = SourceContext(stores=self.stores, settings=self.settings, services=self.services)
-        self.sources = [build_source(cfg, ctx) for cfg in self.settings.sources]
         for source in self.sources:
+            if stopping():
+                return
+            self.health.watch(f"source:{source.name}", source.ready,
+                              "not connected or not watching yet")
+            self._started_sources.append(source)
             source.start(self.emit)
-        if self.settings.http.enabled:
-            from facewarden.daemon.http import build_app, serve_in_thread
-
-            app = build_app(self.settings, sources=self.sources, services=self.services,
-                            ready=self.ready)
-            self.http = serve_in_thread(app, self.settings.http.bind, self.settings.http.port)
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        self.health.set("daemon", True)
         log.info("daemon.started", sources=[s.name for s in self.sources], workers=count,
-                 queue=self.settings.queue.backend)
+                 queue=settings.queue.backend)
 
     def ready(self) -> dict[str, bool]:
-        return {"sources": all(s.ready() for s in self.sources),
-                "workers": self.pool is None or self.pool.alive() > 0,
-                "queue": _queue_ok(self.queue)}
+        """Each component's readiness (the same facts /readyz reports)."""
+        _ok, states = self.health.ready()
+        return {name: state.ok for name, state in states.items()}
+
+    def tick(self) -> int | None:
+        if self.pool is not None and self.pool.fatal:
+            log.error("daemon.fatal", reason=self.pool.fatal)
+            return exitcodes.EX_CONFIG
+        return None
+
+    def status(self) -> str:
+        if self.pool is None:
+            return f"{len(self.sources)} sources, no local workers"
+        return f"{len(self.sources)} sources, {self.pool.ready_count()}/{self.pool.count} workers ready"
 
     def _housekeeping(self) -> None:
         """Purges gallery subjects past their retention date, at start and every interval."""
@@ -137,65 +200,74 @@ class Daemon:
             try:
                 purged = gallery.purge_expired(time.time())
                 for subject in purged:
+                    assert self.audit is not None
                     self.audit.append({"kind": "subject.purged", "subject": subject,
                                        "reason": {"code": "retention.expired",
                                                   "message": "retention period ended"}})
             except Exception as exc:
                 log.error("gallery.purge_failed", error=type(exc).__name__)
 
-    def stop(self) -> None:
-        """Stops sources first (no new jobs), then drains the workers."""
+    def stop(self, grace: float | None = None) -> None:
+        """Tells the pool first (so no worker exiting with us is replaced), stops the
+        sources (no new jobs), drains the workers, then closes HTTP and the queue.
+        Safe after a partial start and when called twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.set("daemon", False, "stopping")
+        if self.pool is not None:
+            self.pool.begin_stop()
         self._stop.set()
-        for source in self.sources:
+        for source in reversed(self._started_sources):
             try:
                 source.stop()
             except Exception as exc:
                 log.error("source.stop_failed", source=source.name, error=type(exc).__name__)
         if self.pool is not None:
-            self.pool.stop()
+            self.pool.stop(grace)
         if self.http is not None:
             self.http.stop()
-        self.queue.close()
+        if self.queue is not None:
+            self.queue.close()
         log.info("daemon.stopped")
 
     def run_forever(self) -> int:
-        received: list[int] = []
+        """Runs under ``supervise()`` until SIGTERM/SIGINT; returns the exit code."""
+        return supervise(self)
 
-        def on_signal(signum: int, _frame: Any) -> None:
-            # Only flags here: logging from a signal handler can deadlock on the log lock
-            # the interrupted code holds.
-            received.append(signum)
-            self._stop.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        self.start()
-        _sd_notify("READY=1")
-        code = 0
-        while not self._stop.wait(1.0):
-            _sd_notify("WATCHDOG=1")
-            if self.pool is not None and self.pool.fatal:
-                log.error("daemon.fatal", reason=self.pool.fatal)
-                code = 78
-                break
-        if received:
-            log.info("daemon.signal", signal=signal.Signals(received[0]).name)
-        _sd_notify("STOPPING=1")
-        self.stop()
-        return code
+def run_daemon(settings: Settings, *, workers: int | None = None) -> int:
+    """The body of ``facewarden run``: returns the process exit code."""
+    return supervise(Daemon(settings, workers=workers), keep_handlers=True)
+
+
+def job_status_secrets(settings: Settings, sources: list[Any]) -> list[bytes]:
+    """Keys GET /jobs/{id} accepts: ``http.job_status_secret`` and, so a DMS that already
+    signs its status requests keeps working, the secret of every dms-webhook source."""
+    from facewarden.daemon.sources.dms_webhook import DmsWebhookSource
+
+    secrets: list[bytes] = []
+    own = settings.http.job_status_secret
+    if own is not None:
+        secrets.append(own.get_secret_value().encode())
+    secrets += [s.job_status_secret for s in sources if isinstance(s, DmsWebhookSource)]
+    return secrets
+
+
+def job_status_paths(sources: list[Any]) -> list[str]:
+    """``/jobs`` plus any other ``jobs_path`` a dms-webhook source hands out in status_url."""
+    from facewarden.daemon.sources.dms_webhook import DmsWebhookSource
+
+    return ["/jobs", *(s.opts.jobs_path for s in sources if isinstance(s, DmsWebhookSource))]
 
 
 def _queue_ok(queue: Any) -> bool:
+    """One quick try (a broker's ``reachable()``; depth() would retry for publish_timeout)."""
     try:
+        reachable = getattr(queue, "reachable", None)
+        if reachable is not None:
+            return bool(reachable())
         queue.depth()
         return True
     except Exception:
         return False
-
-
-def _sd_notify(state: str) -> None:
-    try:
-        from facewarden.daemon.sdnotify import notify
-    except ImportError:
-        return
-    notify(state)

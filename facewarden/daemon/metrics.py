@@ -11,6 +11,8 @@ values to mmap files in ``STATE/metrics`` and the scrape sums them. Rules:
    ``metrics.JOBS.labels(handler="anonymize", outcome="ok").inc()``. Metric objects are
    created on first attribute access (after ``configure``), never at import time, so
    always go through the module attribute, never ``from ... import JOBS`` at import time.
+3. When a worker process exits, its supervisor (pool.WorkerPool) calls
+   ``process_exited(pid)`` so that live-only gauges forget it.
 
 Queue depth is read at scrape time from a callable (``QueueDepthCollector``), not stored.
 Without ``configure`` everything works in plain single-process mode (tests, one-shot CLI).
@@ -143,6 +145,11 @@ def multiprocess_dir() -> Path | None:
     # A spawned worker inherits the directory from its parent through the environment.
     env = os.environ.get(MULTIPROC_ENV)
     return Path(env) if env else None
+
+
+def process_exited(pid: int) -> None:
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid, str(multiprocess_dir()))
 
 
 def __getattr__(name: str) -> Any:

@@ -26,7 +26,8 @@ import pika
 import pika.exceptions as pex
 import structlog
 
-from facewarden.daemon import metrics
+from facewarden.daemon import amqp, metrics
+from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.pipeline import Outcome
 
@@ -92,11 +93,7 @@ def _channel(url: str, exchange: str, heartbeat: int) -> Any:
         if pid == os.getpid():
             with contextlib.suppress(Exception):
                 conn.close()
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
-    params.connection_attempts = 1
-    params.socket_timeout = 5.0
-    conn = pika.BlockingConnection(params)
+    conn = amqp.connect(url, heartbeat=heartbeat, role="results")
     ch = conn.channel()
     ch.confirm_delivery()
     ch.exchange_declare(exchange, "topic", durable=True)
@@ -120,7 +117,7 @@ def publish_result(settings: Any, job: Job, summary: Outcome | dict[str, Any]) -
     )
     reply_to = job.hints.get("reply_to")
     deadline = time.monotonic() + RESULT_PUBLISH_TIMEOUT
-    delay = 0.2
+    backoff = Backoff(base=0.2, cap=2.0)
     with _lock:
         while True:
             try:
@@ -135,11 +132,11 @@ def publish_result(settings: Any, job: Job, summary: Outcome | dict[str, Any]) -
                 return True
             except (pex.AMQPError, OSError) as exc:
                 _conn.pop(cfg.url, None)
+                delay = backoff.next()
                 if time.monotonic() + delay > deadline:
                     log.error("result.publish_failed", job_id=job.id, error=type(exc).__name__)
                     return False
                 time.sleep(delay)
-                delay = min(2.0, delay * 2)
 
 
 def close() -> None:

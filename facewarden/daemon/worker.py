@@ -6,7 +6,6 @@ RabbitMQ worker hosts alike; only the queue differs.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import structlog
 
 from facewarden.config.schema import Settings
 from facewarden.daemon import metrics, results
+from facewarden.daemon.backoff import backoff_delay as backoff
 from facewarden.daemon.pipeline import Outcome, Pipeline
 from facewarden.daemon.queues.base import Lease, Queue
 from facewarden.errors import FacewardenError, ProcessingFailed
@@ -23,11 +23,6 @@ from facewarden.storage.stores import open_stores
 __all__ = ["Pipeline", "backoff", "handle_lease", "run_worker"]
 
 log = structlog.get_logger("facewarden.worker")
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter, so retries of a burst do not line up."""
-    return min(cap, base * (2 ** max(0, attempt - 1))) * (0.5 + random.random() / 2)
 
 
 def _finished(settings: Settings, lease: Lease, outcome: Outcome, started: float,
@@ -79,11 +74,15 @@ def _reason_kwargs(last: dict[str, str] | None, code: str, message: str) -> dict
 
 
 def run_worker(settings: Settings, queue: Queue, stop: threading.Event | object, *, name: str,
-               on_outcome: Callable[[Outcome], None] | None = None) -> None:
-    """Loops until ``stop`` is set; a job in progress always finishes first (drain)."""
+               on_outcome: Callable[[Outcome], None] | None = None,
+               on_ready: Callable[[], None] | None = None) -> None:
+    """Loops until ``stop`` is set; a job in progress always finishes first (drain).
+    ``on_ready`` is called once the models are loaded (the supervisor's readiness)."""
     pipeline = Pipeline(settings, open_stores(settings.all_stores()))
     pipeline.warm_up()
     log.info("worker.ready", worker=name)
+    if on_ready is not None:
+        on_ready()
     while not stop.is_set():
         lease = queue.get(name, timeout=0.5)
         if lease is None:

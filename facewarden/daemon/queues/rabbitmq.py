@@ -55,7 +55,8 @@ import pika.exceptions as pex
 import structlog
 
 from facewarden.config.schema import RabbitMQConfig
-from facewarden.daemon import metrics
+from facewarden.daemon import amqp, metrics
+from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.queues.base import QUEUES, Lease, Queue
 from facewarden.errors import ConfigError, ProcessingFailed
@@ -97,14 +98,8 @@ class DeliveryToken:
     pid: int
 
 
-def connection_parameters(cfg: RabbitMQConfig) -> pika.URLParameters:
-    params = pika.URLParameters(cfg.url)
-    params.heartbeat = cfg.heartbeat
-    params.blocked_connection_timeout = max(30.0, float(cfg.heartbeat or 30))
-    params.connection_attempts = 1
-    params.socket_timeout = 5.0
-    params.client_properties = {"connection_name": f"facewarden pid {os.getpid()}"}
-    return params
+def connection_parameters(cfg: RabbitMQConfig, role: str = "") -> pika.URLParameters:
+    return amqp.connection_parameters(cfg.url, heartbeat=cfg.heartbeat, role=role)
 
 
 def main_queue_arguments(cfg: RabbitMQConfig) -> dict[str, Any]:
@@ -178,12 +173,16 @@ class _Link:
         self.ch: Any = None
         self.generation = 0
         self.declared_delays: set[int] = set()
-        self.failures = 0
+        self._backoff = Backoff(base=0.2, cap=owner.cfg.reconnect_max_delay)
+
+    @property
+    def failures(self) -> int:
+        return self._backoff.failures
 
     def channel(self) -> Any:
         if self.conn is None or self.conn.is_closed or self.ch is None or self.ch.is_closed:
             self.drop()
-            conn = pika.BlockingConnection(connection_parameters(self.owner.cfg))
+            conn = pika.BlockingConnection(connection_parameters(self.owner.cfg, self.role))
             try:
                 ch = conn.channel()
                 ch.confirm_delivery()
@@ -197,7 +196,7 @@ class _Link:
             self.declared_delays.clear()
             if self.failures:
                 log.info("rabbitmq.reconnected", role=self.role, after_failures=self.failures)
-            self.failures = 0
+            self._backoff.reset()
         return self.ch
 
     def drop(self) -> None:
@@ -208,9 +207,8 @@ class _Link:
 
     def backoff(self, exc: BaseException, deadline: float | None = None) -> None:
         """Drops the connection and sleeps (exponentially longer) before the next try."""
-        self.failures += 1
         self.drop()
-        delay = min(self.owner.cfg.reconnect_max_delay, 0.2 * 2 ** min(self.failures - 1, 10))
+        delay = self._backoff.next()
         if deadline is not None:
             delay = max(0.0, min(delay, deadline - time.monotonic()))
         log.warning(

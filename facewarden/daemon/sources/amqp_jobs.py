@@ -44,7 +44,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from facewarden.config.sources import AmqpJobsSourceConfig as AmqpJobsOptions
-from facewarden.daemon import metrics
+from facewarden.daemon import amqp, metrics
+from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.sources import Emit, SourceContext, register_source
 from facewarden.daemon.sources.dms_webhook import parse_options
@@ -242,23 +243,20 @@ class AmqpJobsSource:
                 ch.queue_bind(o.queue, o.exchange, routing_key=key)
 
     def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(base=0.2, cap=30.0)
         while not self._stop.is_set():
             conn = None
             try:
-                params = pika.URLParameters(self.url)
-                params.heartbeat = self.opts.heartbeat
-                params.connection_attempts = 1
-                params.socket_timeout = 5.0
-                conn = pika.BlockingConnection(params)
+                conn = amqp.connect(self.url, heartbeat=self.opts.heartbeat, role=f"source {self.name}")
                 ch = conn.channel()
                 ch.confirm_delivery()
                 self.declare(ch)
                 ch.basic_qos(prefetch_count=self.opts.prefetch)
                 self._connected.set()
-                if failures:
-                    log.info("amqp_jobs.reconnected", source=self.name, after_failures=failures)
-                failures = 0
+                if backoff.failures:
+                    log.info("amqp_jobs.reconnected", source=self.name,
+                             after_failures=backoff.failures)
+                backoff.reset()
                 for method, props, body in ch.consume(self.opts.queue, inactivity_timeout=0.5):
                     if self._stop.is_set():
                         break
@@ -269,8 +267,7 @@ class AmqpJobsSource:
                     ch.cancel()
             except (pex.AMQPError, OSError) as exc:
                 self._connected.clear()
-                failures += 1
-                delay = min(30.0, 0.2 * 2 ** min(failures - 1, 8))
+                delay = backoff.next()
                 log.warning(
                     "amqp_jobs.connection_lost",
                     source=self.name,

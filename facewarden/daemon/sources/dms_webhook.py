@@ -1,5 +1,6 @@
-"""DMS post-upload webhook: ``POST /webhooks/dms`` queues an image, ``GET /jobs/{id}``
-reports on it.
+"""DMS post-upload webhook: ``POST /webhooks/dms`` queues an image; the daemon's
+``GET /jobs/{id}`` (facewarden/daemon/http.py) reports on it and accepts this source's
+secret as well as ``http.job_status_secret``.
 
 Authentication is an HMAC-SHA256 over the timestamp and the raw body with a secret shared
 with the DMS, checked in constant time::
@@ -7,8 +8,8 @@ with the DMS, checked in constant time::
     X-Facewarden-Timestamp: 1763700000            (unix seconds)
     X-Facewarden-Signature: sha256=<hex(HMAC(secret, f"{timestamp}." + body))>
 
-For ``GET /jobs/{id}`` the signed "body" is ``GET /jobs/{id}`` (method, space, path), so a
-signature for one job cannot be used to read another. A request outside the replay window
+(signing.py has the scheme; for ``GET /jobs/{id}`` the signed "body" is the method and
+path.) A request outside the replay window
 (default 300 s either way) is refused (401), and so is a POST whose signature was already
 seen inside the window (409): an attacker who captured a request cannot queue it again.
 The seen-signature cache lives in memory; it covers one daemon, which is what receives the
@@ -35,15 +36,12 @@ the one ``GET /jobs/{id}`` finds) and ``correlation_id`` when given.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import posixpath
-import re
 import threading
 import time
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from starlette.concurrency import run_in_threadpool
@@ -56,14 +54,13 @@ from facewarden.config.sources import DmsWebhookSourceConfig as DmsWebhookOption
 from facewarden.config.sources import parse_source
 from facewarden.daemon import metrics
 from facewarden.daemon.jobs import Event
+from facewarden.daemon.signing import BadSignature, sign, verify
 from facewarden.daemon.sources import Emit, SourceContext, register_source
 from facewarden.errors import ConfigError, FacewardenError, UnsafeKey
 from facewarden.storage.base import safe_key
 
 log = structlog.get_logger("facewarden.sources.dms_webhook")
 
-HDR_TIMESTAMP = "x-facewarden-timestamp"
-HDR_SIGNATURE = "x-facewarden-signature"
 IMAGE_TYPES = (
     "image/jpeg",
     "image/png",
@@ -73,13 +70,6 @@ IMAGE_TYPES = (
     "image/heic",
     "image/heif",
 )
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-class JobStatusService(Protocol):
-    """What GET /jobs/{id} needs (the daemon passes it as ``ctx.services["jobs"]``)."""
-
-    def status(self, job_id: str) -> dict[str, Any] | None: ...
 
 
 def parse_options(cfg: Any, ctx: SourceContext, model: type[Any]) -> Any:
@@ -100,12 +90,6 @@ def parse_options(cfg: Any, ctx: SourceContext, model: type[Any]) -> Any:
                     f"(known: {sorted(ctx.stores)})",
                 )
     return opts
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """The header value a DMS sends (also used by tests and client examples)."""
-    mac = hmac.new(secret, timestamp.encode("ascii") + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
 
 
 class _SeenSignatures:
@@ -142,6 +126,8 @@ class DmsWebhookSource:
         # read from secret / secret_file / secret_credential and checked (>= 16 bytes) by the config
         assert self.opts.secret is not None
         self._secret = self.opts.secret.get_secret_value().encode()
+        #: The daemon's GET /jobs/{id} accepts this secret too (a DMS polls what it queued).
+        self.job_status_secret = self._secret
         http = getattr(getattr(ctx.settings, "http", None), "max_body_bytes", None)
         self.max_bytes = self.opts.max_body_bytes or http or 50 * 1024 * 1024
         self._seen = _SeenSignatures(self.opts.replay_window)
@@ -163,7 +149,6 @@ class DmsWebhookSource:
     def routes(self) -> list[Route]:
         return [
             Route(self.opts.path, self._post, methods=["POST"]),
-            Route(self.opts.jobs_path.rstrip("/") + "/{job_id}", self._get_job, methods=["GET"]),
         ]
 
     # -- HTTP ------------------------------------------------------------------------
@@ -173,23 +158,11 @@ class DmsWebhookSource:
         return JSONResponse(body, status_code=status)
 
     def _verify(self, request: Request, signed_body: bytes, *, once: bool) -> None:
-        ts = request.headers.get(HDR_TIMESTAMP, "")
-        sig = request.headers.get(HDR_SIGNATURE, "")
-        if not ts or not sig:
-            raise _Problem(
-                401, "auth.missing", "missing X-Facewarden-Timestamp or -Signature header"
-            )
         try:
-            when = int(ts)
-        except ValueError:
-            raise _Problem(401, "auth.bad_timestamp", "the timestamp is not unix seconds") from None
-        now = time.time()
-        if abs(now - when) > self.opts.replay_window:
-            raise _Problem(401, "auth.stale", "the timestamp is outside the replay window")
-        expected = sign(self._secret, ts, signed_body)
-        if not hmac.compare_digest(expected.encode(), sig.strip().lower().encode()):
-            raise _Problem(401, "auth.bad_signature", "the signature does not match")
-        if once and not self._seen.first_time(expected, now):
+            expected = verify(request.headers, signed_body, [self._secret], self.opts.replay_window)
+        except BadSignature as bad:
+            raise _Problem(401, bad.code, bad.message) from None
+        if once and not self._seen.first_time(expected, time.time()):
             raise _Problem(409, "auth.replayed", "this exact request was already received")
 
     async def _read_body(self, request: Request) -> bytes:
@@ -331,23 +304,6 @@ class DmsWebhookSource:
             info.version if info is not None else "",
         )
 
-    async def _get_job(self, request: Request) -> Response:
-        try:
-            path = request.url.path
-            self._verify(request, f"GET {path}".encode(), once=False)
-            job_id = request.path_params["job_id"]
-            if not _JOB_ID.match(job_id):
-                raise _Problem(404, "job.unknown", "no such job")
-            service: JobStatusService | None = self.ctx.services.get("jobs")
-            if service is None:
-                raise _Problem(503, "jobs.unavailable", "job status is not available")
-            status = await run_in_threadpool(service.status, job_id)
-            if status is None:
-                raise _Problem(404, "job.unknown", "no such job")
-            return self._answer(200, status)
-        except _Problem as p:
-            return self._answer(p.status, {"error": p.code, "message": p.message})
-
 
 def _safe(key: str) -> str:
     try:
@@ -375,7 +331,6 @@ register_source("dms-webhook", _factory)
 __all__: list[str] = [
     "DmsWebhookOptions",
     "DmsWebhookSource",
-    "JobStatusService",
     "parse_options",
     "sign",
 ]

@@ -17,8 +17,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
+from pydantic import ValidationError
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
@@ -211,7 +213,24 @@ class _Handler(FileSystemEventHandler):
         self.source.nominate(path, closed=kind in ("closed", "moved"))
 
 
+def _strict(cfg: Any) -> FolderSourceConfig:
+    """A folder source whose options did not validate arrives as a generic source config
+    (the union's fallback); validate it again so the error names the bad key instead of
+    failing later with an AttributeError."""
+    if isinstance(cfg, FolderSourceConfig):
+        return cfg
+    data = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(cfg)
+    try:
+        return FolderSourceConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"sources[{data.get('name', '?')}].{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors())
+        raise ConfigError("config.invalid", problems) from None
+
+
 def _factory(cfg: FolderSourceConfig, ctx: SourceContext) -> FolderSource:
+    cfg = _strict(cfg)
     store = ctx.stores.get(cfg.store)
     if not isinstance(store, LocalStore):
         raise ConfigError("config.invalid", f"sources.{cfg.name}.store: a folder source needs a local store")

@@ -29,9 +29,9 @@ from minio.credentials import (
 )
 
 from facewarden.config.sources import ListenSourceConfig as ListenOptions
+from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.sources import Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
-    Backoff,
     BucketMap,
     RecentEvents,
     check_stores,

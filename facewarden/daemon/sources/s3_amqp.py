@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import pika
 import structlog
 
 from facewarden.config.sources import AmqpEventSourceConfig as AmqpEventOptions
+from facewarden.daemon import amqp
+from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.sources import BackgroundSource, Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
-    Backoff,
     BucketMap,
     RecentEvents,
     check_stores,
@@ -59,7 +59,7 @@ class AmqpEventSource(BackgroundSource):
         while not self._stop.is_set():
             conn = None
             try:
-                conn = pika.BlockingConnection(pika.URLParameters(self.opts.url))
+                conn = amqp.connect(self.opts.url, role=f"source {self.name}")
                 ch = conn.channel()
                 self._declare(ch)
 

@@ -10,13 +10,12 @@ up, and removals we do not act on. Everything that reaches ``emit`` has a key th
 here, so a hostile or malformed notification can never break a consumer loop.
 
 Also shared by the S3 sources: option parsing with errors that name the key, a small
-recent-events filter, and reconnect backoff.
+recent-events filter (reconnect backoff is facewarden.daemon.backoff).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -275,21 +274,6 @@ def emit_all(events: list[Event], emit: Any, recent: RecentEvents,
         recent.add(ev)
         n += 1
     return n
-
-
-class Backoff:
-    """Exponential reconnect delays with jitter, reset after a success."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0):
-        self.base, self.cap, self.attempt = base, cap, 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.base * (2 ** self.attempt))
-        self.attempt += 1
-        return delay * (0.5 + random.random() / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 M = TypeVar("M")

@@ -17,9 +17,9 @@ import structlog
 from botocore.config import Config as BotoConfig
 
 from facewarden.config.sources import SqsSourceConfig as SqsOptions
+from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.sources import BackgroundSource, Emit, SourceContext, register_source
 from facewarden.daemon.sources.s3_events import (
-    Backoff,
     BucketMap,
     RecentEvents,
     check_stores,
