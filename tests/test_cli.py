@@ -162,7 +162,7 @@ def test_config_command_reports_errors(tmp: Path):
     bad = tmp / "bad.toml"
     bad.write_text("[workers]\ncuont = 1\n")
     result = CliRunner().invoke(cli, ["config", "--config", str(bad)])
-    assert result.exit_code == 2 and "workers.cuont" in result.output
+    assert result.exit_code == 78 and "workers.cuont" in result.output
 
 
 def test_a_broken_subcommand_module_fails_loudly(monkeypatch: pytest.MonkeyPatch):

@@ -10,8 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from facewarden.errors import ModelError, UsageError
-from facewarden.exitcodes import EX_CONFIG, EX_USAGE
+from facewarden import exitcodes
 
 STATE_HELP = "State directory (queue, audit log, quarantine, gallery). Default: the configured state_dir, var/state."
 CONFIG_HELP = "TOML config file (see config/facewarden.example.toml). FACEWARDEN_* environment variables override it."
@@ -41,15 +40,8 @@ def parse_options(pairs: tuple[str, ...] | list[str], *, option: str = "--param"
     return out
 
 
-def exit_code_for(err: Exception) -> int:
-    """Missing or corrupt models are a setup problem a restart cannot fix: EX_CONFIG."""
-    if isinstance(err, ModelError):
-        return EX_CONFIG
-    if isinstance(err, UsageError):
-        return EX_USAGE
-    return EX_USAGE
-
-
 def fail(err: Any) -> NoReturn:
+    """One line on stderr; exit 78 for configuration and missing models (systemd does not
+    restart those), 2 for other refusals (see facewarden.exitcodes)."""
     click.echo(f"error [{err.code}]: {err.message}", err=True)
-    sys.exit(exit_code_for(err))
+    sys.exit(exitcodes.for_error(err))
