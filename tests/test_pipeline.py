@@ -321,3 +321,20 @@ def test_local_move_is_a_rename(tmp: Path):
     inode = src.path_of("a/x.jpg").stat().st_ino
     src.move_to("a/x.jpg", dest, "b/x.jpg")
     assert dest.path_of("b/x.jpg").stat().st_ino == inode and not src.exists("a/x.jpg")
+
+
+# -- log events ----------------------------------------------------------------------------
+def test_job_queued_names_the_source_and_key(tmp: Path):
+    from facewarden.daemon.app import Daemon
+    from facewarden.daemon.jobs import Event
+
+    settings = settings_from_flags(None, watch=tmp / "in", out=tmp / "out", state=tmp / "state",
+                                   models_dir=tmp / "models", environ={})
+    daemon = Daemon(settings)
+    try:
+        with capture_logs() as logs:
+            assert daemon.emit(Event(store="incoming", key="sub/p.jpg", source="incoming", version="1"))
+    finally:
+        daemon.queue.close()
+    (event,) = [e for e in logs if e["event"] == "job.queued"]
+    assert event["source"] == "incoming" and event["key"] == "sub/p.jpg" and event["store"] == "incoming"

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from facewarden.cli import cli
-from facewarden.exitcodes import EX_CONFIG
+from facewarden.exitcodes import CONFIG
 from tests.stubs import OTHER, PHOTO, STUB, reset_stubs  # registers the stub handlers
 
 
@@ -115,7 +115,7 @@ def test_missing_models_stop_process_up_front_with_exit_78(tmp: Path, data_dir: 
     """Issue 9: missing models quarantined every input one by one."""
     photos = sorted((data_dir / "faces-pascal").glob("*.jpg"))[:2]
     result = _process(tmp, *map(str, photos), "--out", str(tmp / "out"), handler="anonymize")
-    assert result.exit_code == EX_CONFIG, result.output
+    assert result.exit_code == CONFIG, result.output
     assert "facewarden models install" in result.output and result.output.count("\n") == 1
     assert not (tmp / "out").exists() and not (tmp / "state" / "quarantine").exists()
 

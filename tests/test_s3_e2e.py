@@ -190,3 +190,31 @@ def test_reconcile_path(world: World) -> None:
     key = "rec/lost while down.jpg"
     data, _ = world.put(key)
     check(world, key, data, "rec")
+
+
+def test_audit_verify_checks_the_copies_in_s3_or_fails_naming_the_store(world: World) -> None:
+    """Issue 9: `audit verify --state DIR` said OK with "0 copies checked" when results
+    lived in S3. With the stores from the config it reads the copies in the bucket;
+    without them it fails and names the store it could not reach."""
+    from click.testing import CliRunner
+
+    from facewarden.cli import cli
+    from facewarden.cli.audit import CopyReader
+    from facewarden.storage.audit import AuditLog
+    from facewarden.storage.stores import open_stores
+
+    key = "sqs/verify me.jpg"
+    data, _ = world.put(key)
+    check(world, key, data, "sqs")
+    settings = world.daemon.settings
+    log = AuditLog(settings.state_dir, create=False)
+    reader = CopyReader(open_stores(settings.all_stores()))
+    report = log.verify(reader.read)
+    assert report.ok and report.copies_checked >= 1 and not reader.unreachable, report.problems
+
+    world.s3.put_object(Bucket=OUT, Key=key + ".audit.json", Body=b'{"hash": "forged"}')
+    assert any("differs from the log" in p for p in log.verify(CopyReader(open_stores(settings.all_stores()))
+                                                              .read).problems)
+
+    blind = CliRunner().invoke(cli, ["audit", "verify", "--state", str(settings.state_dir)])
+    assert blind.exit_code == 1 and "'anonymized'" in blind.output and "could not be read" in blind.output

@@ -11,8 +11,6 @@ from typing import Any, NoReturn
 import click
 
 from facewarden import exitcodes
-from facewarden.errors import UsageError
-from facewarden.exitcodes import EX_USAGE
 
 STATE_HELP = ("State directory (queue, audit log, quarantine, gallery). "
               "Default: the configured state_dir, else $XDG_STATE_HOME/facewarden (~/.local/state/facewarden).")
@@ -44,13 +42,8 @@ def parse_options(pairs: tuple[str, ...] | list[str], *, option: str = "--param"
     return out
 
 
-def exit_code_for(err: Exception) -> int:
-    """Configuration and models: 78 (a restart cannot fix them); usage: 2 (see exitcodes)."""
-    if isinstance(err, UsageError):
-        return EX_USAGE
-    return exitcodes.for_error(err)
-
-
 def fail(err: Any) -> NoReturn:
+    """One line on stderr; exit 78 for configuration and missing models (systemd does not
+    restart those), 2 for other refusals (see facewarden.exitcodes)."""
     click.echo(f"error [{err.code}]: {err.message}", err=True)
-    sys.exit(exit_code_for(err))
+    sys.exit(exitcodes.for_error(err))
