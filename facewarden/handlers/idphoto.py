@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from facewarden.errors import InputRejected, ProcessingFailed
 from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
-from facewarden.handlers.idphoto_presets import Preset, parse_colour, resolve
+from facewarden.handlers.idphoto_presets import Preset, background_name, parse_background, resolve
 from facewarden.handlers.imageio import DecodedImage
 from facewarden.models.protocols import Face
 
@@ -74,7 +74,7 @@ class IdPhotoHandler:
         if extra:
             raise InputRejected("params.invalid", f"unknown idphoto params: {', '.join(sorted(extra))}")
         preset = resolve(params.get("size", "1-inch"))
-        colour = parse_colour(params.get("background", "white"))
+        colour = parse_background(params.get("background", "white"))
         try:
             feather = float(params.get("feather", 1.5))
             max_upscale = float(params.get("max_upscale", 2.0))
@@ -92,6 +92,8 @@ class IdPhotoHandler:
         fmt = {"jpg": "jpeg"}.get(fmt, fmt)
         if fmt not in ("jpeg", "png"):
             raise InputRejected("params.invalid", "format must be jpeg or png")
+        if colour is None:
+            fmt = "png"  # a transparent background needs an alpha channel: JPEG has none
         sheet = params.get("sheet", False)
         if isinstance(sheet, str):
             sheet = sheet.strip().lower() in ("1", "true", "yes", "on")
@@ -99,7 +101,7 @@ class IdPhotoHandler:
         if segmenter not in ("fused", "rembg", "mediapipe"):
             raise InputRejected("params.invalid", "segmenter must be fused, rembg or mediapipe")
         return {
-            "size": preset.name, "background": "#{:02x}{:02x}{:02x}".format(*colour),
+            "size": preset.name, "background": background_name(colour),
             "feather": round(feather, 2), "format": fmt, "max_kb": max_kb, "sheet": bool(sheet),
             "max_upscale": round(max_upscale, 3), "segmenter": segmenter,
         }
@@ -127,7 +129,7 @@ class IdPhotoHandler:
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         p = self.validate_params(params)
         preset = resolve(p["size"])
-        colour = parse_colour(p["background"])
+        colour = parse_background(p["background"])
         detector, landmarks, segmenter = self._models(ctx, p["segmenter"])
         rgb = image.rgb
         photo, geo = compose(rgb, preset, colour, detector, landmarks, segmenter,
@@ -165,9 +167,10 @@ def find_one_face(rgb: np.ndarray, detector) -> Face:
     return Face(main.x / s, main.y / s, main.w / s, main.h / s, main.score)
 
 
-def compose(rgb: np.ndarray, preset: Preset, colour: tuple[int, int, int], detector, landmarks,
+def compose(rgb: np.ndarray, preset: Preset, colour: tuple[int, int, int] | None, detector, landmarks,
             segmenter, *, feather: float = 1.5, max_upscale: float = 2.0) -> tuple[np.ndarray, dict]:
-    """Returns the finished photo (H, W, 3) uint8 and head-geometry facts (numbers only)."""
+    """Returns the finished photo, (H, W, 3) uint8 on the colour or (H, W, 4) RGBA when
+    ``colour`` is None (transparent), and head-geometry facts (numbers only)."""
     H, W = rgb.shape[:2]
     face = find_one_face(rgb, detector)
     eyes = landmarks.locate(rgb, face)
@@ -245,9 +248,12 @@ def compose(rgb: np.ndarray, preset: Preset, colour: tuple[int, int, int], detec
     if feather > 0:
         alpha = cv2.GaussianBlur(alpha, (0, 0), feather)
     alpha = np.clip(alpha, 0, 1)[..., None]
-    bg = np.array(colour, np.float32)
-    out = out_rgb.astype(np.float32) * alpha + bg * (1 - alpha)
-    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    if colour is None:
+        out = np.dstack([out_rgb, np.clip(alpha[..., 0] * 255 + 0.5, 0, 255).astype(np.uint8)])
+    else:
+        bg = np.array(colour, np.float32)
+        out = out_rgb.astype(np.float32) * alpha + bg * (1 - alpha)
+        out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     geo = {
         "head_ratio": round(head * scale / preset.height_px, 4),
         "top_ratio": round(preset.top_ratio, 4),
@@ -290,8 +296,9 @@ def _clean_mask(prob: np.ndarray, face_box: tuple[float, float, float, float]) -
 # -- output -------------------------------------------------------------------------------
 def encode_photo(rgb: np.ndarray, dpi: int, fmt: str, max_kb: int | None) -> bytes:
     """Encodes with only the dpi field set: Pillow writes nothing we do not pass (no EXIF,
-    no XMP, no thumbnail). JPEG uses 4:4:4 so flat colours stay exact."""
-    im = Image.fromarray(rgb, "RGB")
+    no XMP, no thumbnail). JPEG uses 4:4:4 so flat colours stay exact. Four channels (a
+    transparent background) are written as PNG with alpha."""
+    im = Image.fromarray(rgb, "RGBA" if rgb.ndim == 3 and rgb.shape[2] == 4 else "RGB")
 
     def jpeg(q: int) -> bytes:
         buf = io.BytesIO()
@@ -333,10 +340,11 @@ def print_sheet(photo: np.ndarray, gap: int = 24) -> tuple[np.ndarray, int]:
     cols, rows, sw, sh = best
     if cols * rows == 0:
         raise _reject("idphoto.size_cap", "the photo is larger than a 6-inch sheet")
-    sheet = Image.new("RGB", (sw, sh), (255, 255, 255))
+    mode = "RGBA" if photo.ndim == 3 and photo.shape[2] == 4 else "RGB"
+    sheet = Image.new(mode, (sw, sh), (255, 255, 255, 0) if mode == "RGBA" else (255, 255, 255))
     x0 = (sw - (cols * pw + (cols - 1) * gap)) // 2
     y0 = (sh - (rows * ph + (rows - 1) * gap)) // 2
-    tile = Image.fromarray(photo, "RGB")
+    tile = Image.fromarray(photo, mode)
     draw = ImageDraw.Draw(sheet)
     for r in range(rows):
         for c in range(cols):
