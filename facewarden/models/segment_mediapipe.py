@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
+from facewarden.models.mediapipe_lazy import defer_package_inits
 from facewarden.models.protocols import ModelId
 from facewarden.models.quiet import QuietStart, native_output
 from facewarden.models.registry import model_file
@@ -30,6 +31,7 @@ class MediaPipeSegmenter:
     name = "mediapipe-selfie"
 
     def __init__(self, models_dir: Path):
+        defer_package_inits()  # MediaPipe without matplotlib & co: ~1-2 s less start-up
         from mediapipe.tasks.python import BaseOptions, vision
 
         path, self._model_id = model_file(models_dir, "mediapipe-selfie-segmentation")
