@@ -4,7 +4,11 @@ input's format (or JPEG, said in the notes, where no encoder exists)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -126,3 +130,21 @@ def test_without_an_encoder_the_result_is_jpeg_and_the_notes_say_so(monkeypatch:
 def test_can_write_probes_the_real_codecs() -> None:
     assert imageio.can_write("HEIF") and imageio.can_write("AVIF") and imageio.can_write("JPEG")
     assert not imageio.can_write("GIF")
+
+
+def test_heic_through_the_cli_pipeline_keeps_heic_with_an_audit_record(tmp_path: Path, models_dir: Path) -> None:
+    src = tmp_path / "in" / "IMG_0001.HEIC"
+    src.parent.mkdir()
+    src.write_bytes(_encode_with_exif(_source(), "HEIF", orientation=6))
+    out = tmp_path / "out"
+    proc = subprocess.run([str(Path(sys.executable).with_name("facewarden")), "process", str(src), "--out", str(out),
+                           "--state", str(tmp_path / "state"), "--models-dir", str(models_dir)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = out / "IMG_0001.HEIC"  # the input's name and extension kept
+    data = result.read_bytes()
+    assert data[4:12] == b"ftypheic"
+    _no_metadata(data)
+    record = json.loads((out / "IMG_0001.HEIC.audit.json").read_text())
+    assert record["outputs"][0]["content_type"] == "image/heic"
+    assert record["outputs"][0]["sha256"] == hashlib.sha256(data).hexdigest()

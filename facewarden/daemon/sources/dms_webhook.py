@@ -72,6 +72,7 @@ IMAGE_TYPES = (
     "image/bmp",
     "image/heic",
     "image/heif",
+    "image/avif",
 )
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
