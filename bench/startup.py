@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -125,19 +126,25 @@ def time_run_to_ready(exe: Path, models: Path, scratch: Path) -> tuple[float, fl
            "--models-dir", str(models)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started = threading.Event()
+    lines: list[str] = []
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if '"daemon.started"' in line:
+                started.set()
+
+    threading.Thread(target=read_stderr, daemon=True).start()
     ready = first = None
     try:
-        os.set_blocking(proc.stderr.fileno(), False)
-        buf = ""
         while time.perf_counter() - t0 < 120 and (ready is None or first is None):
-            chunk = proc.stderr.read() or ""
-            buf += chunk
-            if ready is None and '"daemon.started"' in buf:
+            if ready is None and started.is_set():
                 ready = time.perf_counter() - t0
             if first is None and (out / "photo.jpg").exists():
                 first = time.perf_counter() - t0
             if proc.poll() is not None:
-                raise SystemExit(f"run exited early:\n{buf}")
+                raise SystemExit("run exited early:\n" + "".join(lines))
             time.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGTERM)
