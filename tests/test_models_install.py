@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -114,3 +115,14 @@ def test_a_tampered_download_is_refused_and_removed(index, home, tmp_path, monke
         ModelStore(models).install([specs[0].name], index_url=url, log=lambda _m: None)
     assert err.value.code == "model.corrupt"
     assert _files(models) == []
+
+
+def test_without_onnx_the_converter_names_the_command_that_installs_it(tmp_path, monkeypatch):
+    # sys.modules[name] = None is how Python itself marks a package as not importable: the
+    # runtime environment (`uv sync --no-dev`) has no onnx, only the "convert" group does.
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ModelError) as err:
+        ModelStore(tmp_path / "models").install(["yunet-onnx"], log=lambda _m: None)
+    assert err.value.code == "model.convert_unavailable"
+    assert "--group convert" in err.value.message
+    assert not (tmp_path / "models" / "yunet-onnx").exists()
