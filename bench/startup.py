@@ -12,9 +12,9 @@ What is measured:
   disk and number of installed distributions, and which of the packages issue 10 banned
   (numba, llvmlite, scipy, scikit-image, pymatting, onnx) are present.
 - **cold**: the first ``facewarden process PHOTO --handler H`` in that fresh venv. uv does not
-  compile bytecode, so every module is compiled on this run, as on a fresh install; the OS
-  page cache is dropped first when this process may (root outside a container), else the
-  venv's files were just written and sit in the page cache (said in the output).
+  compile bytecode, so every module is compiled on this run, as on a fresh install. With
+  ``--drop-caches`` (root) the OS page cache is dropped first; otherwise the venv's files were
+  just written and sit in the page cache (``page_cache_dropped`` says which).
 - **warm**: median of the next runs of the same command (new --out/--state each time).
 - **run to ready**: ``facewarden run --watch W --out O`` with one photo already in W: time to
   the ``daemon.started`` event and to the first result file, median of warm runs.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -105,16 +106,21 @@ def drop_page_cache() -> bool:
         return False
 
 
-def time_process(exe: Path, handler: str, models: Path, scratch: Path) -> float:
+def time_process(exe: Path, handler: str, models: Path, scratch: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the process and its children) of one
+    ``process`` run; CPU time is the figure to trust on a machine shared with other work."""
     out = Path(tempfile.mkdtemp(dir=scratch))
     cmd = [str(exe), "process", str(PHOTOS[handler]), "--handler", handler, "--out", str(out / "out"),
            "--state", str(out / "state"), "--models-dir", str(models)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0 or ": ok" not in proc.stdout:
         raise SystemExit(f"{handler} failed:\n{proc.stdout}\n{proc.stderr}")
-    return elapsed
+    return elapsed, cpu
 
 
 def time_run_to_ready(exe: Path, models: Path, scratch: Path) -> tuple[float, float]:
@@ -163,6 +169,8 @@ def main() -> None:
     ap.add_argument("--venv", type=Path, help="measure this existing runtime venv (warm runs only)")
     ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
     ap.add_argument("--warm-runs", type=int, default=3)
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="drop the OS page cache before each cold run (root only; affects the whole machine)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args()
 
@@ -185,12 +193,15 @@ def main() -> None:
             for handler in PHOTOS:
                 if cold:  # each handler's first run on a fresh install: no bytecode, no caches
                     clear_bytecode(venv)
-                    result["page_cache_dropped"] = drop_page_cache()
-                    result[f"{handler}_cold_s"] = round(time_process(exe, handler, models, scratch), 2)
+                    result["page_cache_dropped"] = args.drop_caches and drop_page_cache()
+                    wall, cpu = time_process(exe, handler, models, scratch)
+                    result[f"{handler}_cold_s"] = round(wall, 2)
+                    result[f"{handler}_cold_cpu_s"] = round(cpu, 2)
                     shutil.rmtree(models_tmp)
                     models = fresh_models(args.models_dir, models_tmp)
                 warm = [time_process(exe, handler, models, scratch) for _ in range(args.warm_runs)]
-                result[f"{handler}_warm_s"] = round(statistics.median(warm), 2)
+                result[f"{handler}_warm_s"] = round(statistics.median(w for w, _ in warm), 2)
+                result[f"{handler}_warm_cpu_s"] = round(statistics.median(c for _, c in warm), 2)
             runs = [time_run_to_ready(exe, models, scratch) for _ in range(args.warm_runs)]
         finally:
             shutil.rmtree(models_tmp, ignore_errors=True)
