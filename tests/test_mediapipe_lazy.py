@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent("""
     heavy = sorted(m for m in ("matplotlib", "sounddevice") if m in sys.modules)
     import mediapipe as mp
     from mediapipe.tasks.python import vision
-    later = [mp.Image.__name__, vision.HandLandmarker.__name__, vision.drawing_utils.__name__]
+    later = [mp.Image.__name__, vision.HandLandmarker.__name__, vision.drawing_utils.__name__,
+             mp.tasks.vision.FaceDetector.__name__, mp.tasks.BaseOptions.__name__]
     print(json.dumps({"boxes": [[round(f.x, 2), round(f.y, 2), round(f.w, 2)] for f in faces],
                       "mask": round(float(mask.sum()), 1), "heavy": heavy, "later": later}))
 """)
@@ -51,4 +52,5 @@ def test_lazy_mediapipe_skips_matplotlib_and_answers_the_same(data_dir: Path, mo
     assert lazy["mask"] == eager["mask"] > 0
     # Anything else of MediaPipe still resolves, by name or as a submodule, after the fact.
     assert lazy["later"] == eager["later"] == ["Image", "HandLandmarker",
-                                               "mediapipe.tasks.python.vision.drawing_utils"]
+                                               "mediapipe.tasks.python.vision.drawing_utils",
+                                               "FaceDetector", "BaseOptions"]

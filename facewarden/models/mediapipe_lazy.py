@@ -45,6 +45,23 @@ def defer_package_inits(names: tuple[str, ...] = HEAVY_PACKAGES) -> None:
             sys.modules[name] = module
             if parent:
                 setattr(sys.modules[parent], child, module)
+        for name in names:
+            module = sys.modules[name]
+            if "__getattr__" in module.__dict__:
+                _bind_module_aliases(module)
+
+
+def _bind_module_aliases(module: ModuleType) -> None:
+    """``import mediapipe.tasks.python as tasks`` in an __init__ rebinds a name that importing
+    the submodule ``mediapipe.tasks`` already set (``mp.tasks`` is ``mediapipe.tasks.python``
+    after a normal import): bind such aliases now, when their module is already loaded."""
+    with open(module.__spec__.origin, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in sys.modules:
+                    setattr(module, alias.asname, sys.modules[alias.name])
 
 
 def _resolver(module: ModuleType):
