@@ -44,7 +44,7 @@ from facewarden.storage.base import Store, join_key, safe_key
 log = structlog.get_logger("facewarden.pipeline")
 
 AUDIT_SUFFIX = ".audit.json"
-_EXT_ALIASES = {".jpg": {".jpg", ".jpeg", ".jpe", ".jfif"}, ".tif": {".tif", ".tiff"}}
+_EXT_ALIASES = {".jpg": {".jpg", ".jpeg", ".jpe", ".jfif"}, ".tif": {".tif", ".tiff"}, ".heic": {".heic", ".heif"}}
 
 
 @dataclass(slots=True)
