@@ -40,6 +40,8 @@ import threading
 import time
 from pathlib import Path
 
+from facewarden.config.paths import default_models_dir
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 PHOTOS = {
@@ -167,7 +169,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rev", help="git commit to measure instead of the working tree")
     ap.add_argument("--venv", type=Path, help="measure this existing runtime venv (warm runs only)")
-    ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument("--warm-runs", type=int, default=3)
     ap.add_argument("--drop-caches", action="store_true",
                     help="drop the OS page cache before each cold run (root only; affects the whole machine)")

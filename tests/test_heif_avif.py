@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facewarden.config.paths import default_models_dir
 from facewarden.errors import InputRejected
 from facewarden.handlers import imageio
 from facewarden.handlers.anonymize import AnonymizeHandler
@@ -82,7 +83,7 @@ def test_anonymized_result_keeps_the_format_and_drops_exif_and_gps(fmt: str) -> 
     data = _encode_with_exif(src, fmt, orientation=6)
     h = AnonymizeHandler()
     image = decode(data)
-    res = h.run(image, h.validate_params({}), HandlerContext(models_dir=REPO / "var" / "models"))
+    res = h.run(image, h.validate_params({}), HandlerContext(models_dir=default_models_dir()))
     out = res.outputs[0]
     assert out.data[4:12] == b"ftyp" + FORMATS[fmt]
     assert out.extension == image.extension and out.content_type in ("image/heic", "image/avif")

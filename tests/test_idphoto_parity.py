@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facewarden.config.paths import default_models_dir
 from facewarden.handlers.base import HandlerContext
 from facewarden.handlers.idphoto import IdPhotoHandler
 from facewarden.handlers.idphoto_presets import HIVISION_SIZES, PRESETS, resolve
 from facewarden.handlers.imageio import decode
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODELS = Path(__file__).resolve().parents[1] / "var" / "models"
+MODELS = default_models_dir()
 DEMO = DATA / "idphoto-specs" / "demo" / "images"
 SIZE_LIST = DATA / "idphoto-specs" / "demo" / "assets" / "size_list_EN.csv"
 
