@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facewarden.storage.gallery import Gallery, GalleryError, generate_key_file, open_gallery, read_key_file
+from facewarden.storage.gallery import GalleryError, SqliteGallery as Gallery, generate_key_file, open_gallery, read_key_file
 
 
 def _unit(rng: np.random.Generator, n: int, d: int = 128) -> np.ndarray:
