@@ -128,8 +128,9 @@ class PostgresGallery:
             self._setup()
 
     # -- connections -------------------------------------------------------------------
-    def _connect(self, url: str):
-        return self._psycopg.connect(url, password=self._password, autocommit=True, connect_timeout=10)
+    def _connect(self, url: str, role: str = "facewarden-gallery"):
+        return self._psycopg.connect(url, password=self._password, autocommit=True, connect_timeout=10,
+                                     application_name=role)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -483,7 +484,7 @@ class PostgresGallery:
         while not self._stop.is_set():
             conn = None
             try:
-                conn = self._connect(self.url)
+                conn = self._connect(self.url, "facewarden-gallery-listener")
                 conn.execute(f"LISTEN {CHANNEL}")
                 self._reload(conn)  # after LISTEN: nothing between the load and the stream is lost
                 self._ready.set()
