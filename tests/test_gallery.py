@@ -48,7 +48,7 @@ class Place:
             self.db = request.getfixturevalue("pg_gallery_urls")
         self.state = tmp / "state"
 
-    def open(self, key: bytes | None | str = "default"):
+    def open(self, key: bytes | str | None = "default"):
         key = self.key if key == "default" else key
         if self.kind == "postgres":
             from facewarden.storage.gallery.postgres import PostgresGallery

@@ -44,7 +44,7 @@ def open_gallery(state_dir: Path | None, key_file: Path | None = None, *, url: s
     ident = (where, str(Path(key_file).resolve()) if key_file else "", keys_url or "")
     with _OPEN_LOCK:
         hit = _OPEN.get(ident)
-        if hit is not None and hit[0] == os.getpid():
+        if hit is not None and hit[0] == os.getpid() and not getattr(hit[1], "closed", False):
             return hit[1]
         if url is not None:
             from facewarden.storage.gallery.postgres import PostgresGallery, read_password_file

@@ -159,17 +159,21 @@ class PostgresGallery:
 
     def _setup(self) -> None:
         db = self._db()
-        with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            for stmt in _SCHEMA:
-                db.execute(stmt)
-            db.execute("INSERT INTO gallery_generation(id, gen) VALUES (1, 0) ON CONFLICT DO NOTHING")
-            row = db.execute("SELECT value FROM gallery_meta WHERE key = 'encryption'").fetchone()
-            if row is None:
-                info = {"mode": "aes-256-gcm/subject-keys", "check": self._keys.check_value()}
-                db.execute("INSERT INTO gallery_meta(key, value) VALUES ('encryption', %s)", (json.dumps(info),))
-            else:
-                info = json.loads(row[0])
+        info = self._encryption_info(db)
+        if info is None:
+            # DDL only on a new gallery: CREATE INDEX IF NOT EXISTS still takes a share lock
+            # on its table, which would deadlock with other hosts' enrolments.
+            with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+                for stmt in _SCHEMA:
+                    db.execute(stmt)
+                db.execute("INSERT INTO gallery_generation(id, gen) VALUES (1, 0) ON CONFLICT DO NOTHING")
+                row = db.execute("SELECT value FROM gallery_meta WHERE key = 'encryption'").fetchone()
+                if row is None:
+                    info = {"mode": "aes-256-gcm/subject-keys", "check": self._keys.check_value()}
+                    db.execute("INSERT INTO gallery_meta(key, value) VALUES ('encryption', %s)", (json.dumps(info),))
+                else:
+                    info = json.loads(row[0])
         if not self._keys.verify_check(info["check"]):
             raise GalleryError("gallery.key_invalid", "the key file does not open this gallery")
         try:
@@ -177,10 +181,18 @@ class PostgresGallery:
         except self._psycopg.OperationalError:
             self._create_keys_database()
             kdb = self._kdb()
-        with kdb.transaction():
-            kdb.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            for stmt in _KEYS_SCHEMA:
-                kdb.execute(stmt)
+        if kdb.execute("SELECT to_regclass('subject_keys')").fetchone()[0] is None:
+            with kdb.transaction():
+                kdb.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+                for stmt in _KEYS_SCHEMA:
+                    kdb.execute(stmt)
+
+    @staticmethod
+    def _encryption_info(db) -> dict[str, Any] | None:
+        if db.execute("SELECT to_regclass('gallery_meta')").fetchone()[0] is None:
+            return None
+        row = db.execute("SELECT value FROM gallery_meta WHERE key = 'encryption'").fetchone()
+        return json.loads(row[0]) if row else None
 
     def _create_keys_database(self) -> None:
         from psycopg import sql
@@ -197,6 +209,10 @@ class PostgresGallery:
     @property
     def encrypted(self) -> bool:
         return True
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
 
     def close(self) -> None:
         self._stop.set()
