@@ -178,7 +178,7 @@ def _observer(url: str, keys_url: str, key: bytes, pending_q, seen_q, ready) -> 
         found = g.nearest(BACKEND_128, np.stack([pending[i] for i in ids]))
         now = time.time()
         for sid, m in zip(ids, found, strict=True):
-            if m and m[0].subject == sid and m[0].distance < 1e-3:
+            if m and m[0].subject == sid and m[0].distance < 1e-2:
                 seen_q.put((sid, now))
                 del pending[sid]
         time.sleep(0.002)
@@ -259,7 +259,7 @@ def _check_index(url: str, keys_url: str, key: bytes, count: int, subjects: int,
     vecs = _unit(np.random.default_rng(seed), 2 * count, 128)
     found = g.nearest(BACKEND_128, vecs)
     wrong = sum(1 for i, m in enumerate(found) if not m or m[0].subject != f"p{i % subjects:04d}"
-                or m[0].distance > 1e-3)
+                or m[0].distance > 1e-2)
     out_q.put(wrong)
     g.close()
 

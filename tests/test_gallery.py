@@ -331,3 +331,46 @@ def test_encrypted_gallery_cannot_be_read_without_its_key(tmp: Path) -> None:
     with pytest.raises(GalleryError) as exc:
         open_gallery(tmp / "plain", key)
     assert exc.value.code == "gallery.not_encrypted"
+
+
+def test_keyed_sqlite_erasure_removes_the_subjects_data_key_from_the_files(tmp: Path) -> None:
+    key = secrets_key()
+    g = Gallery(tmp / "state", key)
+    v = _unit(np.random.default_rng(8), 2)
+    g.add_embedding("alice", "dlib-resnet-v1", v[0], photo_sha256="a" * 64, name="Alice")
+    g.add_embedding("bob", "dlib-resnet-v1", v[1], photo_sha256="b" * 64, name="Bob")
+    conn = sqlite3.connect(tmp / "state" / "gallery.db")
+    ((kid, wrapped),) = conn.execute("SELECT k.kid, k.wrapped FROM subject_keys k JOIN subjects s ON s.key_id = k.kid "
+                                     "WHERE s.id = 'alice'").fetchall()
+    (blob,) = conn.execute("SELECT vector FROM embeddings WHERE subject = 'alice'").fetchone()
+    conn.close()
+    assert wrapped in _raw_bytes(tmp / "state") and kid.encode() in _raw_bytes(tmp / "state")
+    g.delete("alice")
+    after = _raw_bytes(tmp / "state")
+    assert wrapped not in after and kid.encode() not in after and bytes(blob)[:32] not in after
+    assert Gallery(tmp / "state", key).export("bob")["subject"]["name"] == "Bob"
+
+
+def test_values_sealed_by_the_gallery_key_itself_still_open(tmp: Path) -> None:
+    """Galleries written before per-subject data keys: no key_id, values sealed by the
+    gallery key directly (FWG1). They read, search and erase as before."""
+    from facewarden.storage.gallery.sealing import Keyring
+
+    key = secrets_key()
+    g = Gallery(tmp / "state", key)
+    ring = Keyring(key)
+    v = _unit(np.random.default_rng(9), 1)[0]
+    conn = g._db()
+    conn.execute("INSERT INTO subjects(id, name, consent, created, retain_until, key_id) VALUES (?,?,?,?,?,NULL)",
+                 ("old", ring.seal_text("Old Timer", "name|old", None), None, 1.0, None))
+    conn.execute("INSERT INTO embeddings(subject, backend, dim, vector, photo_sha256, source_key, created) "
+                 "VALUES (?,?,?,?,?,?,?)", ("old", "dlib-resnet-v1", 128,
+                                            ring.seal(v.tobytes(), f"vec|old|dlib-resnet-v1|{'o' * 64}", None),
+                                            "o" * 64, None, 1.0))
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'generation'")
+    conn.commit()
+    assert g.export("old")["subject"]["name"] == "Old Timer"
+    assert g.nearest("dlib-resnet-v1", v)[0][0].subject == "old"
+    g.add_embedding("old", "dlib-resnet-v1", -v, photo_sha256="p" * 64)  # still sealed the old way
+    assert len(g.export("old")["embeddings"]) == 2
+    assert g.delete("old") == 2

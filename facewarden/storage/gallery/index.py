@@ -192,6 +192,11 @@ class VectorIndex:
     def _top_subjects(self, d2: np.ndarray, subj: np.ndarray, k: int) -> list[Match]:
         """The k nearest distinct subjects: sorted rows until k subjects are seen (a
         subject's distance is its nearest row's); widens to every row if needed."""
+        if k == 1:  # a check-in's question: one argmin
+            i = int(np.argmin(d2))
+            if not np.isfinite(d2[i]):
+                return []
+            return [Match(self._subjects[int(subj[i])], float(np.sqrt(max(float(d2[i]), 0.0))))]
         n = d2.shape[0]
         m = min(n, max(32, 8 * k))
         while True:
