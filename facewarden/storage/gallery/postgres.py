@@ -15,8 +15,9 @@ Every write bumps one generation counter and sends ``NOTIFY facewarden_gallery``
 new generation (delivered at commit, in commit order). Each process keeps its vectors in
 an in-memory ``VectorIndex``, kept current by a listener thread; every ``refresh_interval``
 the listener compares the counter with what it applied and reloads on a gap. When the
-listener is not known alive (no loop turn for ``STALE_AFTER`` s), a search checks the
-counter itself and reloads: an erasure is never missed for longer than that bound.
+listener has not confirmed within ``STALE_AFTER`` s that it applied everything delivered,
+a search checks the counter itself and reloads: an erasure is never missed for longer
+than that bound (plus the notification's delivery, milliseconds).
 
 Concurrent enrolments from many hosts are safe by row locks: a subject row is locked
 (``FOR UPDATE``) by every write to it, and its data key is created once (an insert that
@@ -44,9 +45,11 @@ from facewarden.storage.gallery.sealing import DataKey, Keyring, consent_aad, ke
 log = structlog.get_logger("facewarden.gallery")
 
 CHANNEL = "facewarden_gallery"
-#: A listener that has not turned its loop for this long is not trusted: searches then
-#: check the generation counter themselves.
+#: A listener that has not confirmed for this long that it applied every change delivered
+#: to it is not trusted: searches then check the generation counter themselves.
 STALE_AFTER = 1.0
+#: How long such a search waits for a late listener before loading the index itself.
+CATCH_UP = 0.3
 _LOCK_ID = 7_431_001  # advisory lock serialising schema creation
 
 _SCHEMA = (
@@ -502,11 +505,15 @@ class PostgresGallery:
             try:
                 conn = self._connect(self.url, "facewarden-gallery-listener")
                 conn.execute(f"LISTEN {CHANNEL}")
+                started = time.monotonic()
                 self._reload(conn)  # after LISTEN: nothing between the load and the stream is lost
+                self._alive = started
                 self._ready.set()
                 checked = time.monotonic()
                 while not self._stop.is_set():
-                    self._alive = time.monotonic()
+                    # ``_alive`` = a time before which every change committed (and delivered,
+                    # a few ms) is applied: set only once what arrived since is applied too.
+                    turn = time.monotonic()
                     events = [json.loads(n.payload) for n in conn.notifies(timeout=0.2, stop_after=1)]
                     if events:
                         events += [json.loads(n.payload) for n in conn.notifies(timeout=0.005)]
@@ -514,6 +521,7 @@ class PostgresGallery:
                     if time.monotonic() - checked > self.refresh_interval:
                         self._check(conn)
                         checked = time.monotonic()
+                    self._alive = turn
             except Exception as exc:  # noqa: BLE001 - the listener must outlive a broken connection
                 self._alive = 0.0
                 log.warning("gallery.listener_error", error=type(exc).__name__)
@@ -545,11 +553,15 @@ class PostgresGallery:
             self._ready.wait(30)
         if time.monotonic() - self._alive <= STALE_AFTER:
             return self._index
-        # No live listener: fail closed, check the counter on every search.
+        # The listener is late or down: fail closed. Read the counter; give a slow listener
+        # a moment to reach it (a busy CPU), else load everything.
         with self._errors():
             db = self._db()
             (gen,) = db.execute("SELECT gen FROM gallery_generation WHERE id = 1").fetchone()
-            if gen != self._synced:
+            deadline = time.monotonic() + CATCH_UP
+            while self._synced < gen and time.monotonic() < deadline and self._listener.is_alive():
+                time.sleep(0.005)
+            if self._synced < gen:
                 self._reload(db)
         return self._index
 
