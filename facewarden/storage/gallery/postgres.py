@@ -142,8 +142,8 @@ class PostgresGallery:
             yield
         except self._psycopg.OperationalError as exc:
             self._local.__dict__.clear()
-            raise GalleryError("gallery.unavailable", f"the gallery database cannot be reached: "
-                               f"{type(exc).__name__}", retryable=True) from exc
+            raise GalleryError("gallery.unavailable", f"the gallery database failed or cannot be reached "
+                               f"({type(exc).__name__}); try again", retryable=True) from exc
 
     def _conn(self, attr: str, url: str):
         conn = getattr(self._local, attr, None)
@@ -366,12 +366,13 @@ class PostgresGallery:
         log.info("gallery.subject_deleted", embeddings=n)
         return n
 
-    def _delete(self, subject: str) -> tuple[int, int]:
+    def _delete(self, subject: str, expired_at: float | None = None) -> tuple[int, int]:
         with self._errors():
             db = self._db()
             with db.transaction():
-                row = db.execute("SELECT key_id FROM subjects WHERE id = %s FOR UPDATE", (subject,)).fetchone()
-                if row is None:
+                row = db.execute("SELECT key_id, retain_until FROM subjects WHERE id = %s FOR UPDATE",
+                                 (subject,)).fetchone()
+                if row is None or (expired_at is not None and (row[1] is None or row[1] > expired_at)):
                     raise unknown_subject(subject)
                 # The data key first, committed on its own: from here the rows are ciphertext
                 # without a key, wherever a copy of them lives.
@@ -394,12 +395,15 @@ class PostgresGallery:
         purged = []
         for (subject,) in rows:
             try:
-                self._delete(subject)
+                self._delete(subject, expired_at=now)
                 purged.append(subject)
             except GalleryError as exc:
                 if exc.code != "gallery.unknown_subject":
-                    raise
-                # another host purged it first: it writes the tombstone, not us
+                    # Report what is erased so far: each one needs its tombstone.
+                    log.warning("gallery.purge_interrupted", error=exc.code, purged=len(purged))
+                    break
+                # another host purged it first (it writes the tombstone), or its retention
+                # was extended meanwhile
         if purged:
             self._vacuum_keys()
             log.info("gallery.purged", subjects=len(purged))

@@ -196,10 +196,11 @@ class SqliteGallery:
         log.info("gallery.embedding_added" if added else "gallery.embedding_exists", backend=backend)
         return added
 
-    def delete(self, subject: str) -> int:
+    def delete(self, subject: str, *, expired_at: float | None = None) -> int:
+        """``expired_at``: erase only if still past retention then (a purge racing an edit)."""
         with self._write() as conn:
-            row = conn.execute("SELECT key_id FROM subjects WHERE id = ?", (subject,)).fetchone()
-            if row is None:
+            row = conn.execute("SELECT key_id, retain_until FROM subjects WHERE id = ?", (subject,)).fetchone()
+            if row is None or (expired_at is not None and (row[1] is None or row[1] > expired_at)):
                 raise unknown_subject(subject)
             if row[0] is not None:  # the data key first (crypto-shredding), then the rows
                 conn.execute("DELETE FROM subject_keys WHERE kid = ?", (row[0],))
@@ -216,10 +217,14 @@ class SqliteGallery:
         purged = []
         for (subject,) in rows:
             try:
-                self.delete(subject)
+                self.delete(subject, expired_at=now)
                 purged.append(subject)
             except GalleryError:
-                continue  # deleted meanwhile by someone else
+                continue  # deleted (or its retention extended) meanwhile by someone else
+            except sqlite3.Error as exc:
+                # Report what is erased so far: each one needs its tombstone.
+                log.warning("gallery.purge_interrupted", error=type(exc).__name__, purged=len(purged))
+                break
         return purged
 
     def _scrub(self) -> None:
