@@ -14,6 +14,10 @@
    sent (lost / duplicated / mis-attributed), and each host's index checked for every
    vector at distance 0 under its own subject.
 
+BLAS runs one thread per process unless OPENBLAS_NUM_THREADS/OMP_NUM_THREADS say otherwise:
+that is a worker's share on a 2-worker, 2-core host (``pool.limit_native_threads``), and a
+multi-threaded gemv on a shared, loaded machine is mostly spin-waiting.
+
 PostgreSQL: the server on 127.0.0.1:5432 (user postgres); the bench creates and drops
 its own databases. Noisy when other work runs.
 
@@ -23,6 +27,12 @@ its own databases. Noisy when other work runs.
 
 from __future__ import annotations
 
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy is imported: see the docstring
+
+# ruff: noqa: E402
 import argparse
 import multiprocessing as mp
 import secrets
