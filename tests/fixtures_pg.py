@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -84,3 +84,16 @@ def pg_gallery_urls() -> Iterator[PgGallery]:
         yield db
     finally:
         drop_databases(db.name, f"{db.name}_keys")
+
+
+def wait_until(cond: Callable[[], bool], timeout: float) -> float:
+    """Fails when a check *started* after ``timeout`` s is still false (a slow call that
+    began inside the bound and answered from before it is no failure)."""
+    t0 = time.monotonic()
+    while True:
+        started = time.monotonic() - t0
+        if cond():
+            return started
+        if started > timeout:
+            raise AssertionError(f"not within {timeout} s")
+        time.sleep(0.002)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import fixtures_pg
@@ -23,6 +22,7 @@ from facewarden.storage.gallery import GalleryError, generate_key_file, open_gal
 from facewarden.storage.gallery import SqliteGallery as Gallery
 
 pg_gallery_urls = fixtures_pg.pg_gallery_urls
+wait_until = fixtures_pg.wait_until
 BACKENDS = ["sqlite", "sqlite-keyed", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -88,15 +88,6 @@ def filled(place: Place) -> tuple:
         for j, row in enumerate(v):
             g.add_embedding(f"s{i:02d}", "dlib-resnet-v1", row, photo_sha256=f"{i:02d}{j}" * 8)
     return g, vecs
-
-
-def wait_until(cond: Callable[[], bool], timeout: float) -> float:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"not within {timeout} s")
-        time.sleep(0.002)
-    return time.monotonic() - t0
 
 
 def test_nearest_subject_is_the_one_with_the_nearest_embedding(filled) -> None:

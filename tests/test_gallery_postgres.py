@@ -22,6 +22,7 @@ from facewarden.storage.gallery.sealing import Keyring
 
 pytestmark = pytest.mark.postgres
 pg_gallery_urls = fixtures_pg.pg_gallery_urls
+wait_until = fixtures_pg.wait_until
 NAME = "Alice Liddell-Xyzzy"
 
 
@@ -90,8 +91,6 @@ def test_a_dump_from_before_an_erasure_cannot_be_decrypted_for_that_subject(pg_g
 
 
 def test_an_erasure_is_honoured_within_a_second_when_the_listener_connection_is_cut(pg_gallery_urls) -> None:
-    import time
-
     import psycopg
 
     db = pg_gallery_urls
@@ -102,25 +101,16 @@ def test_an_erasure_is_honoured_within_a_second_when_the_listener_connection_is_
     try:
         assert a.nearest("dlib-resnet-v1", v[0]) == [[]]  # both hosts listening
         a.add_embedding("carol", "dlib-resnet-v1", v[0], photo_sha256="c" * 64)
-        t0 = time.monotonic()
-        while not b.nearest("dlib-resnet-v1", v[0])[0]:
-            assert time.monotonic() - t0 < 1.0, "enrolment not visible on the other host within 1 s"
-            time.sleep(0.005)
+        wait_until(lambda: bool(b.nearest("dlib-resnet-v1", v[0])[0]), 1.0)  # enrolment seen on the other host
         with psycopg.connect(fixtures_pg.ADMIN_URL, autocommit=True) as admin:
             cut = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                                 "AND application_name = 'facewarden-gallery-listener'", (db.name,)).fetchall()
         assert len(cut) == 2  # both hosts' listeners
         a.delete("carol")
-        t0 = time.monotonic()
-        while b.nearest("dlib-resnet-v1", v[0])[0]:
-            assert time.monotonic() - t0 < 1.0, "erased subject still found after 1 s"
-            time.sleep(0.005)
+        wait_until(lambda: not b.nearest("dlib-resnet-v1", v[0])[0], 1.0)  # erasure honoured
         # Once the listener is back, new enrolments flow again.
         a.add_embedding("dave", "dlib-resnet-v1", v[1], photo_sha256="d" * 64)
-        t0 = time.monotonic()
-        while not b.nearest("dlib-resnet-v1", v[1])[0]:
-            assert time.monotonic() - t0 < 3.0
-            time.sleep(0.005)
+        wait_until(lambda: bool(b.nearest("dlib-resnet-v1", v[1])[0]), 3.0)
     finally:
         a.close()
         b.close()
