@@ -348,6 +348,11 @@ def test_values_sealed_by_the_gallery_key_itself_still_open(tmp: Path) -> None:
     from facewarden.storage.gallery.sealing import Keyring
 
     key = secrets_key()
+    (tmp / "state").mkdir()
+    old_db = sqlite3.connect(tmp / "state" / "gallery.db")  # the schema before data keys
+    old_db.executescript("CREATE TABLE subjects (id TEXT PRIMARY KEY, name BLOB, consent BLOB, created REAL NOT NULL,"
+                         " retain_until REAL);")
+    old_db.close()
     g = Gallery(tmp / "state", key)
     ring = Keyring(key)
     v = _unit(np.random.default_rng(9), 1)[0]

@@ -136,3 +136,24 @@ def test_settings_open_the_postgres_gallery_with_a_password_file(pg_gallery_urls
     with pytest.raises(GalleryError) as exc:
         open_configured(no_key)
     assert exc.value.code == "gallery.key_required"
+
+
+def test_the_periodic_check_repairs_an_index_that_missed_a_change(pg_gallery_urls) -> None:
+    """A change whose notification never arrived (written here behind the gallery's back)
+    is picked up by the full check every ``refresh_interval`` s."""
+    import psycopg
+
+    db = pg_gallery_urls
+    key = secrets.token_bytes(32)
+    v = np.random.default_rng(13).standard_normal((2, 128)).astype(np.float32)
+    g = PostgresGallery(db.url, key, keys_url=db.keys_url, refresh_interval=0.5)
+    try:
+        g.add_embedding("frank", "dlib-resnet-v1", v[0], photo_sha256="f" * 64)
+        g.add_embedding("gina", "dlib-resnet-v1", v[1], photo_sha256="g" * 64)
+        assert g.nearest("dlib-resnet-v1", v[0])[0][0].subject == "frank"
+        with psycopg.connect(db.url, autocommit=True) as conn, conn.transaction():
+            conn.execute("DELETE FROM embeddings WHERE subject = 'frank'")
+            conn.execute("UPDATE gallery_generation SET gen = gen + 1")
+        wait_until(lambda: g.nearest("dlib-resnet-v1", v[0])[0][0].subject == "gina", 3.0)
+    finally:
+        g.close()
