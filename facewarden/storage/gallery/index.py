@@ -54,11 +54,8 @@ class _Table:
             setattr(self, name, arr)
 
     def add(self, emb_id: int, sidx: int, gen: int, vec: np.ndarray) -> bool:
-        if emb_id in self.row_of:
-            return False
-        if vec.shape[0] != self.dim:
-            raise GalleryError("gallery.dim_mismatch", f"an embedding has {vec.shape[0]} dimensions, "
-                               f"its backend {self.dim}")
+        if emb_id in self.row_of or vec.shape[0] != self.dim:
+            return False  # a row of another size under this backend's name cannot be searched
         self._grow(self.n + 1)
         i = self.n
         self.mat[i] = vec
