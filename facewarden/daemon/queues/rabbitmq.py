@@ -58,7 +58,7 @@ from facewarden.config.schema import RabbitMQConfig
 from facewarden.daemon import metrics
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.queues.base import Lease
-from facewarden.errors import ConfigError, ProcessingFailed
+from facewarden.errors import ConfigError, QueueUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -81,10 +81,7 @@ HDR_REASON_MESSAGE = "x-facewarden-reason-message"
 DELAY_QUEUE_EXPIRES_MS = 60_000
 
 
-class QueueUnavailable(ProcessingFailed):
-    """The broker could not be reached in time; the caller may try again later."""
-
-    code = "queue.unavailable"
+__all__ = ["CONNECTION_ERRORS", "QueueUnavailable", "RabbitMQQueue"]
 
 
 @dataclass(frozen=True, slots=True)
