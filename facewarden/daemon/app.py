@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from facewarden.config.schema import Settings
+from facewarden.daemon.health import Health
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.pool import WorkerPool
 from facewarden.daemon.queues.factory import open_queue
@@ -52,8 +53,10 @@ class Daemon:
         self.audit = AuditLog(settings.state_dir)
         self.queue = open_queue(settings)
         self.router = Router(settings)
-        self.services: dict[str, Any] = {"audit": self.audit, "queue": self.queue,
+        self.health = Health()
+        self.services: dict[str, Any] = {"audit": self.audit, "queue": self.queue, "health": self.health,
                                          "jobs": JobStatus(self.queue, self.audit), "emit": self.emit}
+        self.monitor: Any = None
         self.sources: list[Source] = []
         self.pool: WorkerPool | None = None
         self.http: Any = None
@@ -109,13 +112,34 @@ class Daemon:
                             ready=self.ready)
             self.http = serve_in_thread(app, self.settings.http.bind, self.settings.http.port)
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        self._start_monitor()
         log.info("daemon.started", sources=[s.name for s in self.sources], workers=count,
                  queue=self.settings.queue.backend)
 
+    def _start_monitor(self) -> None:
+        """Probes stores and broker for /readyz; re-drives outage quarantines on recovery."""
+        from facewarden.daemon.monitor import ServiceMonitor
+        from facewarden.daemon.redrive import redrive
+
+        def is_up(store: str) -> bool:
+            state = self.health.snapshot().get(f"store:{store}")
+            return state is None or state.ok
+
+        def on_recover(component: str) -> None:
+            if component.startswith("store:"):
+                redrive(self.settings, self.audit, self.queue, self.stores, is_up=is_up, router=self.router)
+
+        self.monitor = ServiceMonitor.for_daemon(self.settings, self.stores, self.queue, self.health,
+                                                 on_recover=on_recover, backlog=self.queue.depth).start()
+
     def ready(self) -> dict[str, bool]:
-        return {"sources": all(s.ready() for s in self.sources),
-                "workers": self.pool is None or self.pool.alive() > 0,
-                "queue": _queue_ok(self.queue)}
+        checks = {"sources": all(s.ready() for s in self.sources),
+                  "workers": self.pool is None or self.pool.alive() > 0}
+        states = self.health.snapshot()
+        checks.update({name: st.ok for name, st in states.items()})
+        if "queue" not in states:
+            checks["queue"] = _queue_ok(self.queue)
+        return checks
 
     def _housekeeping(self) -> None:
         """Purges gallery subjects past their retention date, at start and every interval."""
@@ -145,6 +169,8 @@ class Daemon:
     def stop(self) -> None:
         """Stops sources first (no new jobs), then drains the workers."""
         self._stop.set()
+        if self.monitor is not None:
+            self.monitor.stop()
         for source in self.sources:
             try:
                 source.stop()

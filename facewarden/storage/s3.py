@@ -168,9 +168,10 @@ class S3Store:
         return f"s3://{self.bucket}/{self.full_key(key)}"
 
     # -- operations ---------------------------------------------------------------------
-    def _fail(self, op: str, key: str, exc: Exception) -> StoreError:
+    def _fail(self, op: str, key: str | None, exc: Exception) -> StoreError:
         code = _code(exc) if isinstance(exc, ClientError) else type(exc).__name__
-        what = f"S3 {op} of {self.uri(key)} failed ({code})"
+        where = self.uri(key) if key else f"s3://{self.bucket}"
+        what = f"S3 {op} of {where} failed ({code})"
         if classify(exc):
             return StoreUnavailable("store.unavailable", what, store=self.name)
         return StoreRefused("store.refused", what, store=self.name)
@@ -195,7 +196,7 @@ class S3Store:
         try:
             (client or self.client).head_bucket(Bucket=self.bucket)
         except (ClientError, BotoCoreError, *TRANSPORT_ERRORS, OSError) as exc:
-            raise self._fail("HEAD", ".", exc) from exc
+            raise self._fail("HEAD", None, exc) from exc
 
     def probe_client(self, timeout: float = 2.0) -> Any:
         """A client for probes: one try, short timeouts, so a stalled endpoint answers

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS seen (
 
 
 class SqliteQueue:
+    @_classified
     def __init__(self, path: Path | str, *, poll_interval: float = 0.02):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
