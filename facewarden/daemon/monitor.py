@@ -86,6 +86,7 @@ class _Component:
         self.result: tuple[bool, str | None] | None = None
         self.down_since: float | None = None
         self.was_up: bool | None = None
+        self.most_waiting = 0
 
 
 class ServiceMonitor:
@@ -165,8 +166,8 @@ class ServiceMonitor:
             down_for = time.monotonic() - comp.down_since if comp.down_since else 0.0
             comp.was_up, comp.down_since = True, None
             if recovered:
-                waiting = self._backlog()
-                log.info("service.up", component=comp.name, down_s=round(down_for, 1), jobs_waiting=waiting)
+                waited = max(comp.most_waiting, self._backlog() or 0)
+                log.info("service.up", component=comp.name, down_s=round(down_for, 1), jobs_waited=waited)
                 with contextlib.suppress(Exception):
                     metrics.STORE_BACKLOG.labels(store=label).set(0)
             if self.on_recover is not None:
@@ -176,11 +177,13 @@ class ServiceMonitor:
                     log.error("service.recover_failed", component=comp.name, error=type(exc).__name__,
                               detail=str(exc)[:200])
         elif not ok and comp.was_up is not False:
-            comp.was_up, comp.down_since = False, time.monotonic()
+            comp.was_up, comp.down_since, comp.most_waiting = False, time.monotonic(), 0
             log.warning("service.down", component=comp.name, reason=reason, jobs_waiting=self._backlog())
         if not ok:
+            waiting = self._backlog() or 0
+            comp.most_waiting = max(comp.most_waiting, waiting)
             with contextlib.suppress(Exception):
-                metrics.STORE_BACKLOG.labels(store=label).set(self._backlog() or 0)
+                metrics.STORE_BACKLOG.labels(store=label).set(waiting)
 
     def _backlog(self) -> int | None:
         """Queue depth, without ever hanging a probe thread on a broker that is away:

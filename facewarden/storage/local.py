@@ -84,9 +84,12 @@ class LocalStore:
     def probe(self) -> None:
         """A light check that the folder is there, readable and not full (for readiness
         and the circuit breaker's half-open test); raises a StoreError when it is not."""
+        here = self.root  # not created yet (it is on the first write): check where it will be
+        while not here.exists() and here.parent != here:
+            here = here.parent
         try:
-            st = os.statvfs(self.root)
-            with os.scandir(self.root) as it:
+            st = os.statvfs(here)
+            with os.scandir(here) as it:
                 next(it, None)
         except OSError as exc:
             raise store_error(self.name, "probe", ".", exc) from exc

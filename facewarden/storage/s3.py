@@ -287,7 +287,7 @@ class S3Store:
                     yield ObjectInfo(key=rel, size=int(obj.get("Size", 0)),
                                      version=str(obj.get("ETag", "")).strip('"'))
         except (ClientError, BotoCoreError, *TRANSPORT_ERRORS) as exc:
-            raise self._fail("LIST", prefix or ".", exc) from exc
+            raise self._fail("LIST", prefix or None, exc) from exc
 
     def __repr__(self) -> str:
         return f"S3Store({self.name!r}, s3://{self.bucket}/{self.prefix})"
