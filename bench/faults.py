@@ -37,7 +37,11 @@ GROUPS = ("broker", "s3", "disk", "kill", "term", "legacy")
 
 
 def _moto() -> tuple[object, str]:
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                       AWS_DEFAULT_REGION="us-east-1")

@@ -38,13 +38,14 @@ def pending(audit: AuditLog) -> Iterator[dict[str, Any]]:
     conn = audit._db.conn()
     done = {row[0] for row in conn.execute(
         "SELECT json_extract(record, '$.redrive_of.seq') FROM records WHERE kind='redrive'")}
+    codes = sorted(INFRASTRUCTURE_CODES)
     for seq, text, digest in conn.execute(
-            "SELECT seq, record, hash FROM records WHERE kind='job' AND outcome='quarantined' ORDER BY seq"):
+            "SELECT seq, record, hash FROM records WHERE kind='job' AND outcome='quarantined' "
+            f"AND json_extract(record, '$.reason.code') IN ({','.join('?' * len(codes))}) ORDER BY seq",
+            codes).fetchall():
         if seq in done:
             continue
         record = {**json.loads(text), "hash": digest}
-        if (record.get("reason") or {}).get("code") not in INFRASTRUCTURE_CODES:
-            continue
         inp = record.get("input") or {}
         later = conn.execute(
             "SELECT 1 FROM records WHERE seq>? AND input_store=? AND input_key=? "
@@ -113,6 +114,9 @@ def _job_for(record: dict[str, Any], router: Router, stores: dict[str, Any],
         # The bytes wait in quarantine under "<input store>/<key>": strip that again so
         # the result lands where the first attempt would have put it.
         strip = join_key(orig_store, route.strip_prefix) + "/" if route.strip_prefix else f"{orig_store}/"
+        if orig_store == qstore_name and "/" in orig_key:
+            # A re-driven job that was quarantined again: its key is already "<store>/<key>".
+            strip = f"{orig_store}/{orig_key.split('/', 1)[0]}/"
         return Job(store=qstore_name, key=qkey, strip_prefix=strip,
                    originals="move" if route.originals == "move" else "delete", **common), None
     return None, "the input is neither where it was nor in quarantine"
