@@ -83,6 +83,8 @@ class ReadyWatch:
     def __init__(self, port: int):
         self.url = f"http://127.0.0.1:{port}/readyz"
         self.flips: list[tuple[float, bool, list[str]]] = []
+        #: Every poll that answered 503: (time, failing checks).
+        self.failing: list[tuple[float, list[str]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -96,8 +98,11 @@ class ReadyWatch:
                 failing = [k for k, v in r.json().get("checks", {}).items() if not v]
             except Exception:  # noqa: BLE001 - daemon starting or stopped
                 continue
+            now = time.monotonic()
+            if not ok:
+                self.failing.append((now, failing))
             if ok != last:
-                self.flips.append((time.monotonic(), ok, failing))
+                self.flips.append((now, ok, failing))
                 last = ok
 
     def first(self, ok: bool, after: float) -> tuple[float, list[str]] | None:
@@ -353,7 +358,7 @@ def _fault(world: World, rep: Report, start: Callable[[], None], end: Callable[[
         up = world.watch.first(True, t1)
         if down is not None and down[0] <= t1:
             rep.ready_down_after_s = round(down[0] - t0, 1)
-            rep.down_named = sorted({name for t, ok, failing in world.watch.flips if t0 <= t <= t1 + 1
+            rep.down_named = sorted({name for t, failing in world.watch.failing if t0 <= t <= t1 + 1
                                      for name in failing})
         if up is not None:
             rep.ready_up_after_s = round(up[0] - t1, 1)
