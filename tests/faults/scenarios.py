@@ -53,6 +53,8 @@ class Report:
     ready_down_after_s: float | None = None
     ready_up_after_s: float | None = None
     down_named: list[str] = field(default_factory=list)
+    #: /metrics lines about stores and breakers read just before the fault ended.
+    metrics_during: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -348,6 +350,10 @@ def _fault(world: World, rep: Report, start: Callable[[], None], end: Callable[[
     t0 = time.monotonic()
     start()
     time.sleep(seconds)
+    with contextlib.suppress(Exception):
+        text = httpx.get(f"http://127.0.0.1:{world.port}/metrics", timeout=5).text
+        rep.metrics_during = [line for line in text.splitlines()
+                              if line.startswith(("facewarden_store_", "facewarden_queue_depth"))]
     end()
     t1 = time.monotonic()
     rep.fault_s = round(t1 - t0, 1)
@@ -378,6 +384,7 @@ def _finish(world: World, rep_name: str, ended: float, timeout: float, rep: Repo
     if rep is not None:
         final.fault_s, final.ready_down_after_s = rep.fault_s, rep.ready_down_after_s
         final.ready_up_after_s, final.down_named, final.notes = rep.ready_up_after_s, rep.down_named, rep.notes
+        final.metrics_during = rep.metrics_during
     if final.results >= final.inputs:
         final.done_after_recovery_s = round(done_at - ended, 1)
     return final

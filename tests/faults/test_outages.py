@@ -90,7 +90,12 @@ def test_disk_full_then_freed(tmp_path: Path) -> None:
     mount_tmpfs(out)
     world = scenarios.World(tmp_path, out_dir=out, retry_budget=4.0)
     try:
-        check(scenarios.disk_full(world), down="store:outgoing")
+        rep = scenarios.disk_full(world)
+        check(rep, down="store:outgoing")
+        assert 'facewarden_store_up{store="outgoing"} 0.0' in rep.metrics_during, rep.metrics_during
+        breaker = [float(line.split()[-1]) for line in rep.metrics_during
+                   if line.startswith('facewarden_store_breaker_state{store="outgoing"}')]
+        assert breaker and breaker[0] >= 1.0, rep.metrics_during  # open (1) or half-open (2)
     finally:
         world.close()
         umount(out)
