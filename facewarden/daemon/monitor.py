@@ -2,8 +2,8 @@
 
 Workers learn about an outage from failed jobs, but they live in other processes (or on
 other hosts), and an idle daemon makes no calls at all. So the daemon probes each store
-(``Store.probe``: a stat of the folder, a HEAD of the bucket) and the queue (the AMQP
-handshake, or the embedded queue's file) every ``interval`` seconds, each in its own
+(``Store.probe``: a stat of the folder, a HEAD of the bucket) and the queue (one round
+trip to the broker, or a read of the embedded queue's file) every ``interval`` seconds, each in its own
 thread with a hard ``timeout``: a refused, reset or stalled service is "down" within
 ``interval + timeout`` seconds, and "up" again within ``interval`` of answering.
 
@@ -16,7 +16,6 @@ jobs quarantined for an outage.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,6 @@ log = structlog.get_logger("facewarden.monitor")
 
 PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0
-AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 
 
 def store_probe(store: Any, timeout: float = PROBE_TIMEOUT) -> Callable[[], None]:
@@ -53,21 +51,38 @@ def store_probe(store: Any, timeout: float = PROBE_TIMEOUT) -> Callable[[], None
 
 
 def amqp_probe(url: str, timeout: float = PROBE_TIMEOUT) -> Callable[[], None]:
-    """Opens a TCP connection and sends the AMQP protocol header: a live broker answers
-    with Connection.Start at once. No channel, no login: cheap and never blocked by the
-    publisher's own connection being stuck."""
+    """One round trip (a passive declare of ``amq.direct``) on the probe's own long-lived
+    connection: never blocked by the publisher's connection, and no connect/close per
+    probe (the broker logs each of those). A refused or reset broker fails the call; a
+    stalled one never answers and the monitor's timeout reports it."""
     import pika
 
-    params = pika.URLParameters(url)
-    host, port = params.host, params.port
+    state: dict[str, Any] = {}
+
+    def drop() -> None:
+        conn = state.pop("conn", None)
+        state.pop("ch", None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def run() -> None:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(AMQP_HEADER)
-            frame = sock.recv(7)
-            if not frame or frame[0] != 1:
-                raise ConnectionError(f"the broker at {host}:{port} did not start an AMQP handshake")
+        try:
+            if "ch" not in state or not state["conn"].is_open or not state["ch"].is_open:
+                drop()
+                params = pika.URLParameters(url)
+                params.socket_timeout = timeout
+                params.stack_timeout = timeout * 2
+                params.blocked_connection_timeout = timeout
+                params.connection_attempts = 1
+                params.heartbeat = 10
+                params.client_properties = {"connection_name": "facewarden readiness probe"}
+                state["conn"] = pika.BlockingConnection(params)
+                state["ch"] = state["conn"].channel()
+            state["ch"].exchange_declare("amq.direct", passive=True)
+        except BaseException:
+            drop()
+            raise
 
     return run
 
