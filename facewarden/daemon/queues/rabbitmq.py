@@ -79,6 +79,9 @@ HDR_DELIVERIES = "x-facewarden-deliveries"
 HDR_REASON = "x-facewarden-reason"
 HDR_REASON_MESSAGE = "x-facewarden-reason-message"
 DELAY_QUEUE_EXPIRES_MS = 60_000
+#: Depth queries (/metrics, the monitor's backlog) give up quickly while the broker is
+#: away: a scrape must not hang for the publish timeout (issue 16).
+DEPTH_TIMEOUT = 2.0
 
 
 __all__ = ["CONNECTION_ERRORS", "QueueUnavailable", "RabbitMQQueue"]
@@ -316,12 +319,13 @@ class RabbitMQQueue:
             link.declared_delays.add(ms)
         return name
 
-    def _with_publisher(self, op: Callable[[Any], T], what: str) -> T:
+    def _with_publisher(self, op: Callable[[Any], T], what: str, timeout: float | None = None) -> T:
         """Runs ``op(channel)`` until it succeeds, reconnecting with backoff, for at most
-        ``publish_timeout`` seconds."""
+        ``timeout`` (default ``publish_timeout``) seconds."""
         self._check_pid()
         self._ensure_keepalive()
-        deadline = time.monotonic() + self.cfg.publish_timeout
+        limit = self.cfg.publish_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         while True:
             with self._pub.lock:
                 try:
@@ -332,7 +336,7 @@ class RabbitMQQueue:
                     if time.monotonic() >= deadline:
                         raise QueueUnavailable(
                             message=f"RabbitMQ did not confirm the {what} within "
-                            f"{self.cfg.publish_timeout:.0f} s ({type(exc).__name__})"
+                            f"{limit:.0f} s ({type(exc).__name__})"
                         ) from exc
                     self._pub.backoff(exc, deadline)
 
@@ -527,12 +531,14 @@ class RabbitMQQueue:
         return self._with_publisher(
             lambda ch: ch.queue_declare(self.cfg.queue, passive=True).method.message_count,
             "depth query",
+            DEPTH_TIMEOUT,
         )
 
     def dead_letter_depth(self) -> int:
         return self._with_publisher(
             lambda ch: ch.queue_declare(self.dead_letter_queue, passive=True).method.message_count,
             "depth query",
+            DEPTH_TIMEOUT,
         )
 
     def reachable(self) -> bool:
