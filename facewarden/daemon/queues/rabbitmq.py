@@ -327,18 +327,25 @@ class RabbitMQQueue:
         limit = self.cfg.publish_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         while True:
-            with self._pub.lock:
-                try:
-                    return op(self._pub.channel())
-                except ConfigError:
-                    raise
-                except (pex.NackError, pex.UnroutableError, *CONNECTION_ERRORS) as exc:
-                    if time.monotonic() >= deadline:
-                        raise QueueUnavailable(
-                            message=f"RabbitMQ did not confirm the {what} within "
-                            f"{limit:.0f} s ({type(exc).__name__})"
-                        ) from exc
-                    self._pub.backoff(exc, deadline)
+            # A short query (timeout given) does not queue behind a publish that is
+            # itself waiting out an outage while holding the connection.
+            wait = max(0.01, deadline - time.monotonic()) if timeout is not None else -1
+            if not self._pub.lock.acquire(timeout=wait):
+                raise QueueUnavailable(message=f"RabbitMQ: the {what} found the connection busy "
+                                       f"for {limit:.0f} s (the broker is slow or away)")
+            try:
+                return op(self._pub.channel())
+            except ConfigError:
+                raise
+            except (pex.NackError, pex.UnroutableError, *CONNECTION_ERRORS) as exc:
+                if time.monotonic() >= deadline:
+                    raise QueueUnavailable(
+                        message=f"RabbitMQ did not confirm the {what} within "
+                        f"{limit:.0f} s ({type(exc).__name__})"
+                    ) from exc
+                self._pub.backoff(exc, deadline)
+            finally:
+                self._pub.lock.release()
 
     def _publish(
         self,
