@@ -17,7 +17,6 @@ from facewarden.daemon.queues.factory import open_queue
 from facewarden.daemon.routing import Router
 from facewarden.daemon.sources import Source, SourceContext, build_source
 from facewarden.errors import ConfigError, FacewardenError
-from facewarden.handlers import base as handlers
 from facewarden.storage.audit import AuditLog
 from facewarden.storage.stores import open_stores
 
@@ -64,9 +63,11 @@ class Daemon:
         self._check_routes()
 
     def _check_routes(self) -> None:
+        from facewarden.handlers.video import handler_for
+
         for i, route in enumerate(self.settings.routes):
             try:
-                handlers.get(route.handler).validate_params(route.params)
+                handler_for(route.handler, route.media).validate_params(route.params)
             except FacewardenError as err:
                 raise ConfigError("config.invalid", f"routes[{i}]: {err.message}") from err
 

@@ -29,6 +29,7 @@ from facewarden.handlers import imageio
 from facewarden.storage.audit import AuditLog
 from facewarden.storage.base import Store, join_key, safe_key
 from facewarden.storage.local import LocalStore
+from facewarden.video.media import is_video_name, sniff
 
 log = structlog.get_logger("facewarden.pipeline")
 
@@ -89,8 +90,10 @@ class Pipeline:
 
     def warm_up(self) -> None:
         """Loads the models of every routed handler once, before the first job."""
+        from facewarden.handlers.video import handler_for
+
         for route in self.settings.routes:
-            handler = handlers.get(route.handler)
+            handler = handler_for(route.handler, route.media)
             handler.warm_up(self.context(), handler.validate_params(route.params))
 
     # -- the job ---------------------------------------------------------------------
@@ -110,6 +113,9 @@ class Pipeline:
         info = store.stat(key)
         if info is None:
             return self._finish_without_input(job, base, started)
+        if is_video_name(key):  # videos stream through temp files: facewarden/daemon/video_job.py
+            from facewarden.daemon import video_job
+            return video_job.process(self, job, store, key, info, base, started)
         input_meta = {"store": job.store, "key": key, "uri": store.uri(key), "size": info.size,
                       "version": info.version}
         if info.size > self.settings.limits.max_bytes:
@@ -119,6 +125,9 @@ class Pipeline:
 
         t = time.perf_counter()
         data = store.get(key)
+        if sniff(data[:64]) is not None:  # a video under a photo's name (or none)
+            from facewarden.daemon import video_job
+            return video_job.process(self, job, store, key, info, base, started, data=data)
         input_meta["sha256"] = _sha256(data)
         input_meta["size"] = len(data)
         record = {**base, "input": input_meta}
@@ -215,6 +224,9 @@ class Pipeline:
     # -- failure paths ---------------------------------------------------------------
     def quarantine_after_failure(self, job: Job, err: FacewardenError) -> Outcome:
         """The last attempt failed for a retryable reason: give up, fail closed."""
+        if is_video_name(job.key):
+            from facewarden.daemon import video_job
+            return video_job.quarantine_after_failure(self, job, err)
         started = time.time()
         base: dict[str, Any] = {"job_id": job.id, "handler": job.handler, "source": job.hints.get("source"),
                                 "attempt": job.attempts + 1, "params": job.params,
