@@ -14,12 +14,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.make_clips import make_clip  # noqa: E402
-from facewarden.errors import InputRejected  # noqa: E402
-from facewarden.handlers import video as video_handlers  # noqa: E402
-from facewarden.handlers.base import HandlerContext  # noqa: E402
-from facewarden.video.media import sniff  # noqa: E402
-from facewarden.video.probe import VideoLimits  # noqa: E402
+from bench.make_clips import make_clip
+from facewarden.errors import InputRejected
+from facewarden.handlers import video as video_handlers
+from facewarden.handlers.base import HandlerContext
+from facewarden.video.media import sniff
+from facewarden.video.probe import VideoLimits
 
 SECRET_META = {"location": "+48.8577+002.2945/", "make": "AcmeCam", "model": "Model 9",
                "creation_time": "2024-01-02T03:04:05Z", "title": "Alice at home"}
