@@ -69,12 +69,14 @@ def _frames(container: av.container.InputContainer, info: VideoInfo, limits: Vid
 
 
 def anonymize_video(src: Path, dst: Path, params: Mapping[str, Any], detector: FaceDetector, *,
-                    limits: VideoLimits | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                    limits: VideoLimits | None = None, progress: Progress | None = None,
+                    boxes_out: dict[int, list[Box]] | None = None) -> dict[str, Any]:
     """Writes the anonymized copy of ``src`` to ``dst``; returns facts for the audit record.
 
     Raises ``InputRejected`` (``video.*``) for inputs that can never succeed and
     ``ProcessingFailed`` when the detector or the encoder broke. ``dst`` may hold a
-    partial file after an exception; the caller deletes it.
+    partial file after an exception; the caller deletes it. ``boxes_out`` (benchmarks)
+    receives the boxes obscured in each frame.
     """
     limits = limits or VideoLimits()
     started = time.monotonic()
@@ -111,6 +113,8 @@ def anonymize_video(src: Path, dst: Path, params: Mapping[str, Any], detector: F
         raise reject("video.truncated", f"only {n} of the {expected} frames the header announces could be "
                                         "decoded: the file is cut short")
     covers = covering_boxes(tracker.tracks, n, tparams)
+    if boxes_out is not None:
+        boxes_out.update(covers)
     detect_s = time.monotonic() - started
 
     # -- pass 2: obscure, encode, copy audio ------------------------------------------------
