@@ -28,6 +28,7 @@ from facewarden.daemon.sources.amqp_jobs import parse_message
 from facewarden.storage.local import LocalStore
 from facewarden.storage.stores import open_stores
 from facewarden.video import encode
+from facewarden.video.progress import making_progress
 
 
 def _settings(tmp: Path, models_dir: Path, **extra: Any) -> Settings:
@@ -115,6 +116,9 @@ def test_crash_mid_video_publishes_nothing_and_the_retry_starts_clean(tmp_path: 
     def dying(self, rgb, pts):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 10:
+            status = video_job.read_progress(settings.state_dir, job.id)  # the job's status, mid-video
+            calls["status"] = status
+            calls["moving"] = making_progress(settings.state_dir, job.id, 60.0)
             raise _Crash()
         return real(self, rgb, pts)
 
@@ -127,6 +131,8 @@ def test_crash_mid_video_publishes_nothing_and_the_retry_starts_clean(tmp_path: 
     (stale / "output").write_bytes(b"partial")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
     assert pipe.audit.find_job(job.id) is None
+    assert calls["status"]["frames_total"] in (25, 26) and calls["status"]["phase"] in ("detect", "encode")
+    assert calls["status"]["frames_done"] >= 1 and calls["moving"]  # the supervisor will not kill it
     monkeypatch.setattr(encode.VideoWriter, "write_frame", real)
     outcome = pipe.process(job)  # redelivery
     assert outcome.outcome == "ok"

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from facewarden.config.schema import Settings
+from facewarden.video.progress import making_progress
 
 log = structlog.get_logger("facewarden.pool")
 _CTX = mp.get_context("spawn")
@@ -119,6 +120,8 @@ class WorkerPool:
             stale = getattr(self.queue, "leases_older_than", None)
             if stale is not None:
                 for owner, job_id in stale(timeout):
+                    if making_progress(self.settings.state_dir, job_id, timeout):
+                        continue  # a long video that keeps moving (facewarden/video/progress.py)
                     proc = self.procs.get(owner)
                     if proc is not None and proc.is_alive():
                         log.error("job.timeout", worker=owner, job_id=job_id, timeout_s=timeout)

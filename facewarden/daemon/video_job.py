@@ -17,10 +17,8 @@ Progress (phase, frames done / total) is logged and written to
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import posixpath
 import shutil
 import time
@@ -45,6 +43,9 @@ from facewarden.storage.base import Store, join_key
 from facewarden.storage.local import LocalStore
 from facewarden.video.media import FAMILIES, family_of_name, is_video_name, sniff
 from facewarden.video.probe import VideoLimits
+from facewarden.video.progress import clear_progress, read_progress, write_progress
+
+__all__ = ["is_video", "process", "quarantine_after_failure", "read_progress"]
 
 log = structlog.get_logger("facewarden.video_job")
 
@@ -69,21 +70,9 @@ def work_dir(settings: Any, job_id: str) -> Path:
     return root / job_id
 
 
-def progress_path(state_dir: Path | str, job_id: str) -> Path:
-    return Path(state_dir) / "progress" / f"{job_id}.json"
-
-
-def read_progress(state_dir: Path | str, job_id: str) -> dict[str, Any] | None:
-    """The job's last reported progress, or None when it is not running (or never was)."""
-    try:
-        return json.loads(progress_path(state_dir, job_id).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 class _Progress:
     def __init__(self, state_dir: Path, job: Job):
-        self.path = progress_path(state_dir, job.id)
+        self.state_dir = state_dir
         self.job = job
         self._last = 0.0
 
@@ -92,18 +81,12 @@ class _Progress:
         if now - self._last < PROGRESS_EVERY_S and not (total and done >= total):
             return
         self._last = now
-        status = {"job_id": self.job.id, "key": self.job.key, "phase": phase, "frames_done": done,
-                  "frames_total": total, "updated_at": time.time()}
         log.info("video.progress", job_id=self.job.id, phase=phase, frames_done=done, frames_total=total)
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(status))
-            os.replace(tmp, self.path)
+        write_progress(self.state_dir, {"job_id": self.job.id, "key": self.job.key, "phase": phase,
+                                        "frames_done": done, "frames_total": total, "updated_at": time.time()})
 
     def clear(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)
+        clear_progress(self.state_dir, self.job.id)
 
 
 def _fetch(store: Store, key: str, dest: Path, data: bytes | None) -> None:
