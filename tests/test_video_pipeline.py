@@ -181,3 +181,20 @@ def test_job_message_params_validate_against_the_video_handler() -> None:
                        "handler": "anonymize", "params": {"crf": 28, "preset": "fast"}}).encode()
     msg, _ = parse_message(body, stores={"raw"})
     assert msg.params == {"crf": 28, "preset": "fast"}
+
+
+def test_job_status_shows_a_running_videos_progress(tmp_path: Path) -> None:
+    from facewarden.daemon.app import JobStatus
+    from facewarden.daemon.queues.sqlite import SqliteQueue
+    from facewarden.storage.audit import AuditLog
+    from facewarden.video.progress import write_progress
+
+    queue = SqliteQueue(tmp_path / "queue.db")
+    job = Job(handler="anonymize", params={}, store="incoming", key="a.mp4", target="outgoing")
+    queue.put(job)
+    status = JobStatus(queue, AuditLog(tmp_path), tmp_path)
+    assert queue.get("w1", timeout=1.0) is not None
+    write_progress(tmp_path, {"job_id": job.id, "phase": "encode", "frames_done": 120, "frames_total": 300,
+                              "updated_at": 0})
+    assert status.status(job.id) == {"id": job.id, "state": "running",
+                                     "progress": {"phase": "encode", "frames_done": 120, "frames_total": 300}}

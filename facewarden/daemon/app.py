@@ -19,6 +19,7 @@ from facewarden.daemon.sources import Source, SourceContext, build_source
 from facewarden.errors import ConfigError, FacewardenError
 from facewarden.storage.audit import AuditLog
 from facewarden.storage.stores import open_stores
+from facewarden.video.progress import read_progress
 
 log = structlog.get_logger("facewarden.daemon")
 
@@ -26,8 +27,9 @@ log = structlog.get_logger("facewarden.daemon")
 class JobStatus:
     """Answers "where is job X?" from the queue and the audit index (for GET /jobs/{id})."""
 
-    def __init__(self, queue: Any, audit: AuditLog):
+    def __init__(self, queue: Any, audit: AuditLog, state_dir: Path | None = None):
         self.queue, self.audit = queue, audit
+        self.state_dir = state_dir
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         record = self.audit.find_job(job_id)
@@ -39,7 +41,11 @@ class JobStatus:
                     "audit": {"seq": record["seq"], "hash": record["hash"]}}
         state = getattr(self.queue, "job_state", lambda _id: None)(job_id)
         if state is not None:
-            return {"id": job_id, "state": "running" if state == "leased" else "queued"}
+            answer: dict[str, Any] = {"id": job_id, "state": "running" if state == "leased" else "queued"}
+            progress = read_progress(self.state_dir, job_id) if self.state_dir is not None else None
+            if progress is not None and state == "leased":  # videos: phase, frames_done, frames_total
+                answer["progress"] = {k: progress[k] for k in ("phase", "frames_done", "frames_total")}
+            return answer
         return None
 
 
@@ -52,7 +58,8 @@ class Daemon:
         self.queue = open_queue(settings)
         self.router = Router(settings)
         self.services: dict[str, Any] = {"audit": self.audit, "queue": self.queue,
-                                         "jobs": JobStatus(self.queue, self.audit), "emit": self.emit}
+                                         "jobs": JobStatus(self.queue, self.audit, Path(settings.state_dir)),
+                                         "emit": self.emit}
         self.sources: list[Source] = []
         self.pool: WorkerPool | None = None
         self.http: Any = None
