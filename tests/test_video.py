@@ -216,3 +216,35 @@ def test_sniff() -> None:
     assert sniff(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm") == "webm"
     assert sniff(b"RIFF\x00\x00\x00\x00AVI LIST") == "avi"
     assert sniff(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None
+
+
+def test_tracks_fill_gaps_pad_ends_and_merge() -> None:
+    from facewarden.video.tracks import Tracker, TrackParams, covering_boxes
+
+    p = TrackParams(pad=2, max_gap=3)
+    tr = Tracker(p)
+    # one face moving right 4 px a frame, missed on frames 3 and 4; a second, still face
+    for f in range(10):
+        boxes = [] if f in (3, 4) else [(100.0 + 4 * f, 50.0, 40.0, 40.0, 0.9)]
+        if f >= 6:
+            boxes.append((400.0, 300.0, 30.0, 30.0, 0.8))
+        tr.add(f, boxes)
+    assert len(tr.tracks) == 2 and tr.frames_with_detections == 8
+    covers = covering_boxes(tr.tracks, 12, p)
+    gap = covers[3][0]
+    assert gap[0] <= 112 and gap[0] + gap[2] >= 152  # interpolated over the face at x=112..152
+    assert len([b for b in covers[4] if b[0] < 300]) == 1  # the moving face, once
+    assert [f for f in covers if any(b[0] > 300 for b in covers[f])] == [4, 5, 6, 7, 8, 9, 10, 11]
+    assert 11 in covers and 12 not in covers  # padded to the clip's end, not beyond
+    # a face far away in the next frame starts a new track rather than dragging the old one
+    tr2 = Tracker(p)
+    tr2.add(0, [(0.0, 0.0, 20.0, 20.0, 0.9)])
+    tr2.add(1, [(500.0, 500.0, 20.0, 20.0, 0.9)])
+    assert len(tr2.tracks) == 2
+
+
+def test_merge_boxes_keeps_the_union() -> None:
+    from facewarden.video.tracks import merge_boxes
+
+    merged = merge_boxes([(10.0, 10.0, 40.0, 40.0, 0.5), (14.0, 12.0, 40.0, 40.0, 0.9), (200.0, 0, 10, 10, 0.3)])
+    assert sorted(merged) == [(10.0, 10.0, 44.0, 42.0, 0.9), (200.0, 0, 10, 10, 0.3)]

@@ -138,23 +138,34 @@ def covering_boxes(tracks: list[Track], n_frames: int, params: TrackParams | Non
     return {f: merge_boxes(b) for f, b in out.items()}
 
 
+def _overlapping(k: list[float], b: list[float], min_iou: float, min_containment: float) -> bool:
+    x1, y1 = max(k[0], b[0]), max(k[1], b[1])
+    x2, y2 = min(k[0] + k[2], b[0] + b[2]), min(k[1] + k[3], b[1] + b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    small = min(k[2] * k[3], b[2] * b[3])
+    union = k[2] * k[3] + b[2] * b[3] - inter
+    return union > 0 and (inter / union >= min_iou or (small > 0 and inter / small >= min_containment))
+
+
 def merge_boxes(boxes: list[Box], min_iou: float = 0.4, min_containment: float = 0.7) -> list[Box]:
     """Replaces boxes that mostly overlap (a track's detection and a neighbour's padded copy
-    of the same face) by their union: the covered area only grows, and each face is blurred
-    once instead of several times."""
-    kept: list[list[float]] = []
-    for b in sorted(boxes, key=lambda b: b[2] * b[3], reverse=True):
-        for k in kept:
-            x1, y1 = max(k[0], b[0]), max(k[1], b[1])
-            x2, y2 = min(k[0] + k[2], b[0] + b[2]), min(k[1] + k[3], b[1] + b[3])
-            inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-            small = min(k[2] * k[3], b[2] * b[3])
-            union = k[2] * k[3] + b[2] * b[3] - inter
-            if union > 0 and (inter / union >= min_iou or (small > 0 and inter / small >= min_containment)):
-                ux0, uy0 = min(k[0], b[0]), min(k[1], b[1])
-                ux1, uy1 = max(k[0] + k[2], b[0] + b[2]), max(k[1] + k[3], b[1] + b[3])
-                k[:] = [ux0, uy0, ux1 - ux0, uy1 - uy0, max(k[4], b[4])]
-                break
-        else:
-            kept.append(list(b))
+    of the same face) by their union, until none do: the covered area only grows, and each
+    face is blurred once instead of several times."""
+    kept = [list(b) for b in boxes]
+    merged = True
+    while merged and len(kept) > 1:
+        merged = False
+        kept.sort(key=lambda b: b[2] * b[3], reverse=True)
+        out: list[list[float]] = []
+        for b in kept:
+            for k in out:
+                if _overlapping(k, b, min_iou, min_containment):
+                    ux0, uy0 = min(k[0], b[0]), min(k[1], b[1])
+                    ux1, uy1 = max(k[0] + k[2], b[0] + b[2]), max(k[1] + k[3], b[1] + b[3])
+                    k[:] = [ux0, uy0, ux1 - ux0, uy1 - uy0, max(k[4], b[4])]
+                    merged = True
+                    break
+            else:
+                out.append(b)
+        kept = out
     return [tuple(k) for k in kept]  # type: ignore[misc]
