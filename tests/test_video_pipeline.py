@@ -198,3 +198,49 @@ def test_job_status_shows_a_running_videos_progress(tmp_path: Path) -> None:
                               "updated_at": 0})
     assert status.status(job.id) == {"id": job.id, "state": "running",
                                      "progress": {"phase": "encode", "frames_done": 120, "frames_total": 300}}
+
+
+def test_dms_webhook_upload_of_a_video_is_anonymized(tmp_path: Path, models_dir: Path) -> None:
+    """The DMS webhook (real HTTP, signed multipart upload) stores the video and emits its
+    event; the routed job goes through the pipeline like any other."""
+    import time as _time
+
+    import httpx
+
+    from facewarden.config.schema import GenericSourceConfig
+    from facewarden.daemon.http import build_app, serve_in_thread
+    from facewarden.daemon.sources import SourceContext, build_source
+    from facewarden.daemon.sources.dms_webhook import sign
+
+    secret = "0123456789abcdef0123456789abcdef"
+    settings = Settings.model_validate({
+        "state_dir": str(tmp_path / "state"), "models_dir": str(models_dir),
+        "stores": {"raw": {"root": str(tmp_path / "raw")}, "outgoing": {"root": str(tmp_path / "out")}},
+        "sources": [{"type": "dms-webhook", "name": "dms", "secret": secret, "store": "raw", "raw_store": "raw"}],
+        "routes": [{"source": "dms", "media": "video", "handler": "anonymize"}]})
+    stores = open_stores(settings.all_stores())
+    clip = tmp_path / "talk.webm"
+    make_clip(clip, size=(320, 180), fps=25, seconds=0.6, container="webm")
+    cfg = GenericSourceConfig(type="dms-webhook", name="dms", secret=secret, store="raw", raw_store="raw",
+                              max_body_bytes=20_000_000)
+    source = build_source(cfg, SourceContext(stores=stores, settings=None, services={}))
+    events: list[Event] = []
+    source.start(lambda ev: events.append(ev) or ev.hints["job_id"])
+    handle = serve_in_thread(build_app(sources=[source]), "127.0.0.1", 0)
+    try:
+        boundary = "fwvideo42"
+        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="talk.webm"\r\n'
+                "Content-Type: video/webm\r\n\r\n").encode() + clip.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        stamp = str(int(_time.time()))
+        with httpx.Client(base_url=handle.url, timeout=30) as client:
+            resp = client.post("/webhooks/dms", content=body, headers={
+                "X-Facewarden-Timestamp": stamp, "X-Facewarden-Signature": sign(secret.encode(), stamp, body),
+                "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert resp.status_code == 202, resp.text
+    finally:
+        handle.stop()
+    job = Router(settings).route(events[0])
+    outcome = Pipeline(settings, stores).process(job)
+    assert outcome.outcome == "ok", outcome.record.get("reason")
+    out = tmp_path / "out" / outcome.outputs[0]
+    assert out.name == "talk.webm" and _audio(out) == _audio(clip)

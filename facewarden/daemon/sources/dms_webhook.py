@@ -72,6 +72,12 @@ IMAGE_TYPES = (
     "image/bmp",
     "image/heic",
     "image/heif",
+    # videos (anonymize): facewarden/video/media.py
+    "video/mp4",
+    "video/quicktime",
+    "video/x-matroska",
+    "video/webm",
+    "video/x-msvideo",
 )
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
