@@ -248,3 +248,26 @@ def test_merge_boxes_keeps_the_union() -> None:
 
     merged = merge_boxes([(10.0, 10.0, 40.0, 40.0, 0.5), (14.0, 12.0, 40.0, 40.0, 0.9), (200.0, 0, 10, 10, 0.3)])
     assert sorted(merged) == [(10.0, 10.0, 44.0, 42.0, 0.9), (200.0, 0, 10, 10, 0.3)]
+
+
+def test_frames_without_faces_pass_through_unchanged_but_reencoded(tmp_path: Path, models_dir: Path) -> None:
+    src, dst = tmp_path / "plain.mp4", tmp_path / "out.mp4"
+    out = av.open(str(src), "w")
+    s = out.add_stream("libx264", rate=25)
+    s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+    for i in range(12):
+        img = np.zeros((180, 320, 3), np.uint8)
+        img[:, :, 0] = np.linspace(0, 255, 320, dtype=np.uint8)[None, :]
+        img[:, :, 1] = i * 20
+        f = av.VideoFrame.from_ndarray(img, format="rgb24")
+        f.pts = i
+        for p in s.encode(f):
+            out.mux(p)
+    for p in s.encode(None):
+        out.mux(p)
+    out.close()
+    result = run(models_dir, src, dst)
+    assert result.facts["frames_with_faces"] == 0 and result.facts["frames"] == 12
+    a, b = video_frames(src), video_frames(dst)
+    assert len(b) == 12
+    assert max(np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(a, b, strict=True)) < 2.0

@@ -84,13 +84,16 @@ class VideoWriter:
         self.frames = 0
         self.audio_packets = 0
 
-    def write_frame(self, rgb: np.ndarray, pts: int | None) -> None:
+    def write_frame(self, rgb: np.ndarray, pts: int | None, fmt: str = "rgb24") -> None:
+        """``fmt`` "yuv420p" takes a decoded frame's own planes (frames with nothing to
+        obscure skip two colour conversions); a fresh frame either way, so no side data
+        of the input (captions, SEI) reaches the encoder."""
         if pts is None:
             pts = 0 if self._last_pts is None else self._last_pts + 1
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1  # muxers refuse non-increasing timestamps
         self._last_pts = pts
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(rgb, format=fmt)
         frame.pts = pts
         frame.time_base = self.video.time_base
         for packet in self.video.encode(frame):

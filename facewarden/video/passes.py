@@ -142,12 +142,15 @@ def anonymize_video(src: Path, dst: Path, params: Mapping[str, Any], detector: F
                     if i >= n:
                         raise ProcessingFailed("video.nondeterministic", "the second decode gave more frames "
                                                "than the first", retryable=False)
-                    rgb = upright(frame, k)
                     boxes = covers.get(i)
-                    if boxes:
-                        rgb = obscure_faces(rgb, _faces(boxes), mode=params["mode"], shape=params["shape"],
-                                            margin=params["margin"], fill=tuple(params["fill"]))
-                    writer.write_frame(rgb, frame.pts)
+                    if not boxes and k == 0 and _plain_yuv(frame):
+                        writer.write_frame(frame.to_ndarray(), frame.pts, fmt="yuv420p")
+                    else:
+                        rgb = upright(frame, k)
+                        if boxes:
+                            rgb = obscure_faces(rgb, _faces(boxes), mode=params["mode"], shape=params["shape"],
+                                                margin=params["margin"], fill=tuple(params["fill"]))
+                        writer.write_frame(rgb, frame.pts)
                     i += 1
                     report("encode", i, n)
             writer.close()
@@ -179,6 +182,10 @@ def anonymize_video(src: Path, dst: Path, params: Mapping[str, Any], detector: F
         "margin": params["margin"], "min_score": params["min_score"], "detector": detector.name,
         "detect_s": round(detect_s, 2), "total_s": round(time.monotonic() - started, 2),
     }
+
+
+def _plain_yuv(frame: av.VideoFrame) -> bool:
+    return frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0
 
 
 def _faces(boxes: list[Box]) -> list[Face]:
