@@ -89,6 +89,9 @@ def open_input(path: Path, limits: VideoLimits) -> av.container.InputContainer:
     except av.error.ExitError as exc:
         raise reject("video.timeout", f"opening the video stalled for over {limits.read_timeout_s:.0f} s") from exc
     except (av.error.FFmpegError, OSError, ValueError) as exc:
+        if _iso_cut_short(path):  # an MP4/MOV whose last box (often the moov index) never fully arrived
+            raise reject("video.truncated", "the MP4/MOV file is cut short (a box runs past the end of the "
+                                            "file, or the moov index is missing)") from exc
         raise reject("video.corrupt", f"the file cannot be opened as a video ({_short(exc)})") from exc
 
 
@@ -143,6 +146,38 @@ def check_budget(frames: int, width: int, height: int, limits: VideoLimits) -> N
     if frames * width * height > limits.max_total_pixels:
         raise reject("video.too_large", f"{frames} frames of {width}x{height} exceed the per-job budget of "
                                         f"{limits.max_total_pixels} pixels")
+
+
+_ISO_TOP_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"pdin", b"moof", b"mfra",
+                  b"meta", b"sidx", b"styp", b"udta"}
+
+
+def _iso_cut_short(path: Path) -> bool:
+    """For ISO-BMFF files: a top-level box that runs past the end of the file, or no moov box."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        if sniff(fh.read(64)) not in ("mp4", "mov"):
+            return False
+        pos, seen_moov = 0, False
+        while pos + 8 <= size:
+            fh.seek(pos)
+            box_size, kind = struct.unpack(">I4s", fh.read(8))
+            if box_size == 1:
+                raw = fh.read(8)
+                if len(raw) < 8:
+                    return True
+                box_size = struct.unpack(">Q", raw)[0]
+            elif box_size == 0:
+                box_size = size - pos
+            if box_size < 8 or kind not in _ISO_TOP_BOXES:
+                return False  # not a box structure we can judge: leave it "corrupt"
+            seen_moov |= kind == b"moov"
+            if pos + box_size > size:
+                return True
+            pos += box_size
+        return not seen_moov
 
 
 def _is_cover_art(stream: Any) -> bool:
