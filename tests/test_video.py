@@ -271,3 +271,14 @@ def test_frames_without_faces_pass_through_unchanged_but_reencoded(tmp_path: Pat
     a, b = video_frames(src), video_frames(dst)
     assert len(b) == 12
     assert max(np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(a, b, strict=True)) < 2.0
+
+
+def test_pads_follow_a_moving_face() -> None:
+    from facewarden.video.tracks import Tracker, TrackParams, covering_boxes
+
+    p = TrackParams(pad=2, grow_per_frame=0.0)
+    tr = Tracker(p)
+    for f in range(5, 10):  # moving 10 px a frame to the right
+        tr.add(f, [(100.0 + 10 * (f - 5), 0.0, 40.0, 40.0, 0.9)])
+    covers = covering_boxes(tr.tracks, 20, p)
+    assert covers[3][0][0] == pytest.approx(80.0) and covers[11][0][0] == pytest.approx(160.0)

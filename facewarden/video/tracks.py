@@ -114,6 +114,20 @@ def _lerp(a: Box, b: Box, t: float) -> Box:
     return (*(a[i] + (b[i] - a[i]) * t for i in range(4)), max(a[4], b[4]))  # type: ignore[return-value]
 
 
+def _velocity(a: tuple[int, Box], b: tuple[int, Box]) -> tuple[float, float]:
+    """Centre motion per frame from a to b (frames may be apart)."""
+    (fa, ba), (fb, bb) = a, b
+    df = fb - fa
+    if df == 0:
+        return 0.0, 0.0
+    return ((bb[0] + bb[2] / 2 - ba[0] - ba[2] / 2) / df, (bb[1] + bb[3] / 2 - ba[1] - ba[3] / 2) / df)
+
+
+def _moved(b: Box, v: tuple[float, float], k: int) -> Box:
+    """The box carried on for k frames at velocity v (pads follow a moving face)."""
+    return (b[0] + v[0] * k, b[1] + v[1] * k, b[2], b[3], b[4])
+
+
 def covering_boxes(tracks: list[Track], n_frames: int, params: TrackParams | None = None
                    ) -> dict[int, list[Box]]:
     """Frame index -> boxes to obscure in that frame (frames without any are absent)."""
@@ -129,12 +143,16 @@ def covering_boxes(tracks: list[Track], n_frames: int, params: TrackParams | Non
                 away = min(f - f0, f1 - f)
                 out[f].append(_grown(_lerp(b0, b1, (f - f0) / span), away, p))
         out[pts[-1][0]].append(pts[-1][1])
+        if len(pts) > 1:
+            v_in, v_out = _velocity(pts[0], pts[1]), _velocity(pts[-2], pts[-1])
+        else:
+            v_in = v_out = (0.0, 0.0)
         for k in range(1, p.pad + 1):
             before, after = t.first - k, t.last + k
             if before >= 0:
-                out[before].append(_grown(pts[0][1], k, p))
+                out[before].append(_grown(_moved(pts[0][1], v_in, -k), k, p))
             if last_frame is None or after <= last_frame:
-                out[after].append(_grown(pts[-1][1], k, p))
+                out[after].append(_grown(_moved(pts[-1][1], v_out, k), k, p))
     return {f: merge_boxes(b) for f, b in out.items()}
 
 
