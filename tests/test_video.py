@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -282,3 +283,39 @@ def test_pads_follow_a_moving_face() -> None:
         tr.add(f, [(100.0 + 10 * (f - 5), 0.0, 40.0, 40.0, 0.9)])
     covers = covering_boxes(tr.tracks, 20, p)
     assert covers[3][0][0] == pytest.approx(80.0) and covers[11][0][0] == pytest.approx(160.0)
+
+
+def test_frames_above_1080p_are_searched_in_tiles_without_losing_faces(models_dir: Path) -> None:
+    """A 2560x1440 frame is searched as 2x2 overlapping tiles plus a half-size pass; the
+    PASCAL photos pasted across the tile seams still have every GT face covered."""
+    from bench.common import COVER, covered, load_pascal
+    from facewarden.handlers.anonymize import face_mask
+    from facewarden.models.protocols import Face
+    from facewarden.video.faces import detect_frame, frame_detector, tiles
+
+    t = tiles(2560, 1440)
+    assert len(t) == 4
+    cover = np.zeros((1440, 2560), int)
+    for x0, y0, x1, y1 in t:
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1 and (cover >= 2).sum(axis=1).max() >= 256  # seams overlap by >= 256 px
+
+    samples = load_pascal()[:4]
+    frame = np.full((1440, 2560, 3), 110, np.uint8)
+    gt = []
+    # a 2x2 grid of photos (1.5x, faces 55-160 px) around the frame centre, across the tile seams
+    for i, s in enumerate(samples):
+        k = min(1.5, 700 / s.rgb.shape[0], 1260 / s.rgb.shape[1])
+        big = cv2.resize(s.rgb, None, fx=k, fy=k, interpolation=cv2.INTER_CUBIC)
+        h, w = big.shape[:2]
+        px = 1275 - w if i % 2 == 0 else 1285
+        py = 715 - h if i < 2 else 725
+        frame[py:py + h, px:px + w] = big
+        gt += [(px + k * x, py + k * y, k * bw, k * bh) for x, y, bw, bh in s.boxes]
+    det = frame_detector(models_dir, video_handlers.get("anonymize").validate_params({}))
+    boxes = detect_frame(det, frame)
+    mask = face_mask(1440, 2560, [Face(*b[:4], b[4]) for b in boxes], margin=0.2)
+    found = sum(covered(mask, g) >= COVER for g in gt)
+    whole = face_mask(1440, 2560, det.detect(frame), margin=0.2)  # the detector on the whole frame
+    found_whole = sum(covered(whole, g) >= COVER for g in gt)
+    assert len(gt) >= 15 and found == len(gt) and found >= found_whole, (found, found_whole, len(gt))
