@@ -187,6 +187,7 @@ def test_rejections_by_name(tmp_path: Path, models_dir: Path) -> None:
     assert code(clip, VideoLimits(max_duration_s=1.0)) == "video.too_long"
     assert code(clip, VideoLimits(max_frame_pixels=320 * 100)) == "video.too_large"
     assert code(clip, VideoLimits(max_total_pixels=320 * 180 * 10)) == "video.too_large"
+    assert code(clip, VideoLimits(max_seconds=1e-6)) == "video.timeout"  # the job's wall-clock budget
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
     assert code(cut) == "video.truncated"
