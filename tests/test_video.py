@@ -320,3 +320,12 @@ def test_frames_above_1080p_are_searched_in_tiles_without_losing_faces(models_di
     whole = face_mask(1440, 2560, det.detect(frame), margin=0.2)  # the detector on the whole frame
     found_whole = sum(covered(whole, g) >= COVER for g in gt)
     assert len(gt) >= 15 and found == len(gt) and found >= found_whole, (found, found_whole, len(gt))
+
+
+def test_photo_anonymize_ignores_video_params() -> None:
+    from facewarden.handlers.anonymize import VIDEO_ONLY_PARAMS, AnonymizeHandler
+
+    assert set(VIDEO_ONLY_PARAMS) == {*video_handlers.VIDEO_INT_PARAMS, "preset"}
+    assert AnonymizeHandler().validate_params({"crf": 30, "preset": "fast", "mode": "fill"})["mode"] == "fill"
+    with pytest.raises(InputRejected):
+        AnonymizeHandler().validate_params({"crff": 30})

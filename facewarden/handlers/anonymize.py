@@ -54,6 +54,9 @@ BLUR_SIGMA_FRACTION = 0.25
 #: Blocks across a face when pixelating; ~6 leaves no identifiable detail.
 PIXELATE_BLOCKS = 6
 
+#: Params of the video anonymize handler that a photo ignores.
+VIDEO_ONLY_PARAMS = ("crf", "preset", "vp9_crf", "detect_every", "pad_frames", "max_gap", "threads")
+
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 _COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128),
             "gray": (128, 128, 128)}
@@ -210,6 +213,9 @@ class AnonymizeHandler:
             params = {}
         if not isinstance(params, Mapping):
             raise _rejected("params must be a mapping")
+        # Video-only params are the video handler's (facewarden/handlers/video.py) and mean
+        # nothing for a photo: one route or batch may carry both media.
+        params = {k: v for k, v in params.items() if k not in VIDEO_ONLY_PARAMS}
         unknown = sorted(set(params) - set(self.PARAMS))
         if unknown:
             raise _rejected(f"unknown param(s) for anonymize: {', '.join(map(str, unknown))}; "

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from facewarden.errors import InputRejected
-from facewarden.handlers.anonymize import AnonymizeHandler
+from facewarden.handlers.anonymize import VIDEO_ONLY_PARAMS, AnonymizeHandler
 from facewarden.handlers.base import HandlerContext
 from facewarden.models.protocols import ModelId
 from facewarden.video.encode import X264_PRESETS
@@ -55,7 +55,7 @@ class VideoAnonymizeHandler:
 
     def validate_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         params = dict(params or {})
-        video = {k: params.pop(k) for k in [*VIDEO_INT_PARAMS, "preset"] if k in params}
+        video = {k: params.pop(k) for k in VIDEO_ONLY_PARAMS if k in params}
         params.pop("jpeg_quality", None)
         out = self._photo.validate_params(params)
         out.pop("jpeg_quality", None)
