@@ -143,6 +143,7 @@ def process(pipe: Pipeline, job: Job, store: Store, key: str, info: Any, base: d
         return _quarantine(pipe, job, None, record, err, started, timings)
     wd = _fresh_dir(work_dir(settings, job.id))
     progress = _Progress(Path(settings.state_dir), job)
+    progress("read", 0, 0)
     try:
         src, dst = wd / "input", wd / "output"
         t = time.perf_counter()
