@@ -49,7 +49,10 @@ def choose_encoder(info: VideoInfo, params: dict[str, Any]) -> EncoderSettings:
     if info.codec == "hevc" and info.family in ("mp4", "mov", "mkv"):
         return EncoderSettings("libx265", "yuv420p", {
             "crf": str(params["crf"]), "preset": params["preset"], "x265-params": "log-level=error"}, threads)
-    return EncoderSettings("libx264", "yuv420p", {"crf": str(params["crf"]), "preset": params["preset"]}, threads)
+    options = {"crf": str(params["crf"]), "preset": params["preset"]}
+    if info.family == "avi":  # AVI stores no presentation times: B-frames would come out misordered
+        options["bf"] = "0"
+    return EncoderSettings("libx264", "yuv420p", options, threads)
 
 
 class VideoWriter:
