@@ -25,6 +25,7 @@ from facewarden.config import dump_for_child
 from facewarden.config.schema import Settings
 from facewarden.daemon import metrics
 from facewarden.daemon.health import Health
+from facewarden.video.progress import making_progress
 
 log = structlog.get_logger("facewarden.pool")
 _CTX = mp.get_context("spawn")
@@ -214,6 +215,8 @@ class WorkerPool:
             stale = getattr(self.queue, "leases_older_than", None)
             if stale is not None and not self.stopping:
                 for owner, job_id in stale(timeout):
+                    if making_progress(self.settings.state_dir, job_id, timeout):
+                        continue  # a long video that keeps moving (facewarden/video/progress.py)
                     proc = self.procs.get(owner)
                     if proc is not None and proc.is_alive():
                         log.error("job.timeout", worker=owner, job_id=job_id, timeout_s=timeout)

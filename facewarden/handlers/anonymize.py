@@ -55,6 +55,9 @@ BLUR_SIGMA_FRACTION = 0.25
 #: Blocks across a face when pixelating; ~6 leaves no identifiable detail.
 PIXELATE_BLOCKS = 6
 
+#: Params of the video anonymize handler that a photo ignores.
+VIDEO_ONLY_PARAMS = ("crf", "preset", "vp9_crf", "detect_every", "pad_frames", "max_gap", "threads")
+
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 _COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128),
             "gray": (128, 128, 128)}
@@ -214,6 +217,13 @@ class AnonymizeHandler(Handler):
         # The factory is a seam for tests that need a detector that fails the way a broken
         # model would; production always uses the cached ``make_detector``.
         self._factory = detector_factory
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        # Video-only params are the video handler's (facewarden/handlers/video.py) and mean
+        # nothing for a photo: one route or batch may carry both media.
+        if isinstance(params, Mapping):
+            params = {k: v for k, v in params.items() if k not in VIDEO_ONLY_PARAMS}
+        return SCHEMA.validate(params)
 
     def _detector(self, ctx: HandlerContext, params: Mapping[str, Any]) -> FaceDetector:
         try:

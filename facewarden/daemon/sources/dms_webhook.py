@@ -70,6 +70,12 @@ IMAGE_TYPES = (
     "image/heic",
     "image/heif",
     "image/avif",
+    # videos (anonymize): facewarden/video/media.py
+    "video/mp4",
+    "video/quicktime",
+    "video/x-matroska",
+    "video/webm",
+    "video/x-msvideo",
 )
 
 
