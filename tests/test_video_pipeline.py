@@ -208,7 +208,6 @@ def test_dms_webhook_upload_of_a_video_is_anonymized(tmp_path: Path, models_dir:
 
     import httpx
 
-    from facewarden.config.schema import GenericSourceConfig
     from facewarden.daemon.http import build_app, serve_in_thread
     from facewarden.daemon.sources import SourceContext, build_source
     from facewarden.daemon.sources.dms_webhook import sign
@@ -222,8 +221,8 @@ def test_dms_webhook_upload_of_a_video_is_anonymized(tmp_path: Path, models_dir:
     stores = open_stores(settings.all_stores())
     clip = tmp_path / "talk.webm"
     make_clip(clip, size=(320, 180), fps=25, seconds=0.6, container="webm")
-    cfg = GenericSourceConfig(type="dms-webhook", name="dms", secret=secret, store="raw", raw_store="raw",
-                              max_body_bytes=20_000_000)
+    cfg = dict(type="dms-webhook", name="dms", secret=secret, store="raw", raw_store="raw",
+               max_body_bytes=20_000_000)
     source = build_source(cfg, SourceContext(stores=stores, settings=None, services={}))
     events: list[Event] = []
     source.start(lambda ev: events.append(ev) or ev.hints["job_id"])

@@ -134,7 +134,8 @@ class Daemon:
         self.audit = AuditLog(settings.state_dir)
         self.queue = open_queue(settings)
         self.router = Router(settings)
-        self.services.update(audit=self.audit, queue=self.queue, jobs=JobStatus(self.queue, self.audit, Path(settings.state_dir)))
+        self.services.update(audit=self.audit, queue=self.queue,
+                             jobs=JobStatus(self.queue, self.audit, Path(settings.state_dir)))
         ctx = SourceContext(stores=self.stores, settings=settings, services=self.services)
         self.sources = [build_source(cfg, ctx) for cfg in settings.sources]
         if settings.http.enabled:
