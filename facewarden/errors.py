@@ -65,3 +65,17 @@ class UnsafeKey(InputRejected):
     """An object key that would escape its store (``..``, absolute paths, NUL bytes)."""
 
     code = "key.unsafe"
+
+
+class UnknownBackend(FacewardenError):
+    """A backend name (detector, segmenter, embedder, finder policy...) nobody registered;
+    ``known`` lists the names that are."""
+
+    code = "backend.unknown"
+    retryable = False
+
+    def __init__(self, kind: str, name: str, known: list[str] | tuple[str, ...]):
+        self.kind = kind
+        self.name = name
+        self.known = tuple(known)
+        super().__init__(message=f"unknown {kind} {name!r}; known: {', '.join(self.known)}")

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
-from facewarden.models.protocols import Face, ModelId
+from facewarden.models.detectors import TiledDetector, register_detector
+from facewarden.models.protocols import Face, FaceDetector, ModelId
 from facewarden.models.registry import model_file
 
 
 class MediaPipeDetector:
     name = "mediapipe"
 
-    def __init__(self, models_dir: Path, *, min_score: float = 0.5):
+    def __init__(self, models_dir: Path, *, min_score: float = 0.5, threads: int = 1):
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
@@ -68,3 +69,16 @@ class MediaPipeDetector:
             faces.append(Face(float(bb.origin_x), float(bb.origin_y), float(bb.width),
                               float(bb.height), score, landmarks))
         return faces
+
+
+@register_detector("mediapipe", {"min_score", "threads"}, "one MediaPipe full-range pass, whole frame")
+def _build(models_dir: Path, *, min_score: float = 0.5, threads: int = 1) -> FaceDetector:
+    return MediaPipeDetector(models_dir, min_score=min_score)
+
+
+@register_detector("mediapipe-tiled", {"min_score", "tile", "tile_overlap", "max_tiles"},
+                   "MediaPipe over overlapping square tiles")
+def _build_tiled(models_dir: Path, *, min_score: float = 0.5, tile: int = 256, tile_overlap: float = 0.25,
+                 max_tiles: int = 40) -> FaceDetector:
+    return TiledDetector(MediaPipeDetector(models_dir, min_score=min_score), tile=tile, overlap=tile_overlap,
+                         max_tiles=max_tiles)

@@ -171,6 +171,24 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+#: Backend modules that declare their model entries beside their code (``register_model``);
+#: imported at the end of this module so that ``MODELS`` always lists every model.
+BACKEND_MODULES: tuple[str, ...] = (
+    "facewarden.models.detect_centerface",
+)
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Adds a backend's pinned model entry; called at import time by the backend's own file.
+
+    Registering the same name twice with different pins is a programming error."""
+    known = MODELS.get(spec.name)
+    if known is not None and known != spec:
+        raise ValueError(f"model {spec.name!r} is registered twice with different pins")
+    MODELS[spec.name] = spec
+    return spec
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -335,3 +353,11 @@ def model_file(models_dir: Path, name: str) -> tuple[Path, ModelId]:
     path, digest = _verified(str(Path(models_dir).resolve()), name)
     spec = MODELS[name]
     return path, ModelId(spec.name, spec.source, digest)
+
+
+def _load_backends() -> None:
+    for module in BACKEND_MODULES:
+        importlib.import_module(module)
+
+
+_load_backends()
