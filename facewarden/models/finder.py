@@ -18,8 +18,8 @@ How a look is made (``plan``):
   faces fall under YuNet's ~10-px floor) or downscaled (huge images) to fit the policy's
   time budget; coarser levels follow, each ``step`` times smaller, down to ``coarse_side``
   px, so a face filling a 12 MP frame is seen at a size YuNet's anchors cover.
-- CenterFace (anchor-free, the second family) runs on one level sized to its share of the
-  budget, plus a coarse one: it finds profiles and turned heads YuNet misses.
+- CenterFace (anchor-free, the second family) runs on one level sized to its own time
+  budget, plus a coarse one: it finds turned heads YuNet misses, and confirms YuNet's faces.
 - MediaPipe (192-px input) looks at the whole frame once: a cheap third opinion on faces
   that fill the picture.
 
@@ -54,7 +54,9 @@ from facewarden.models.protocols import Face, FaceDetector, ModelId
 #: both ~2.5x slower, the ratio holds). Budgets below are in these idle milliseconds.
 MS_PER_MP = {"yunet": 40.0, "centerface": 360.0}
 #: Raw score each model needs to count as 0.5 on the common scale (piecewise linear either
-#: side). Chosen on the even fold of wider-dev so that 0.5 means about the same precision.
+#: side). YuNet's own scale is the reference; the other knees were set by hand, not fitted,
+#: from looking at the even fold of wider-dev (CenterFace's heat-map peaks run lower than
+#: YuNet's scores on the same faces). A finer calibration is future work.
 CALIBRATION = {"yunet": 0.5, "centerface": 0.4, "mediapipe": 0.6}
 #: Whose box a fused face takes, in order of preference (see ``_Cluster.fuse``).
 BOX_ORDER = ("yunet", "centerface", "mediapipe")
