@@ -63,6 +63,8 @@ BOX_ORDER = ("yunet", "centerface", "mediapipe")
 #: Partial-face boxes are only looked for among detections at least this wide (px): in
 #: crowds, a small face half behind a nearer head is real (wider-dev even fold).
 PARTIAL_MIN_PX = 64.0
+#: Width (px, at CenterFace's level) from which a face needs a second family's confirmation.
+CONFIRM_SEEN_PX = 32.0
 #: Raw floor every pass is run at; policies threshold the calibrated, fused score.
 RAW_FLOOR = {"yunet": 0.2, "centerface": 0.15, "mediapipe": 0.3}
 
@@ -307,7 +309,8 @@ class FaceFinder:
             raise ProcessingFailed("detector.bad_input", "detector needs an RGB uint8 image", retryable=False)
         h, w = rgb.shape[:2]
         found: list[tuple[str, Face]] = []
-        for ps in plan(w, h, p):
+        passes = plan(w, h, p)
+        for ps in passes:
             try:
                 model = self._model(ps.model)
                 faces = model.detect(rgb) if ps.model == "mediapipe" else model.detect_at(rgb, ps.scale)
@@ -318,10 +321,14 @@ class FaceFinder:
                                        f"face detection ({ps.model}) failed: {type(exc).__name__}") from exc
             found.extend((ps.model, f) for f in faces)
         small = min(p.min_score, p.small_min_score)
+        # A second family can only confirm a face it could see: CenterFace's level must show
+        # it at CONFIRM_SEEN_PX or more (in a 12 MP frame its level is ~0.1x: an 80-px face
+        # there is YuNet's alone to find).
+        cf_scale = max((ps.scale for ps in passes if ps.model == "centerface"), default=0.0)
         faces = [f for f in fuse(found, p.merge_iou, p.box_from)
                  if f.score >= (small if f.w < p.small_px else p.min_score) and f.w >= p.min_face
-                 and not (p.confirm_px and f.w >= p.confirm_px and "+" not in f.source
-                          and f.score < p.confirm_score)]
+                 and not (p.confirm_px and f.w >= p.confirm_px and f.w * cf_scale >= CONFIRM_SEEN_PX
+                          and "+" not in f.source and f.score < p.confirm_score)]
         return sorted(faces, key=lambda f: f.score, reverse=True)
 
 
