@@ -43,7 +43,7 @@ class JobStatus:
                     "outputs": [{"store": o["store"], "key": o["key"], "sha256": o["sha256"]}
                                 for o in record.get("outputs", [])],
                     "audit": {"seq": record["seq"], "hash": record["hash"]}}
-        state = getattr(self.queue, "job_state", lambda _id: None)(job_id)
+        state = self.queue.job_state(job_id)
         if state is not None:
             answer: dict[str, Any] = {"id": job_id, "state": "running" if state == "leased" else "queued"}
             progress = read_progress(self.state_dir, job_id) if self.state_dir is not None else None
@@ -150,12 +150,10 @@ class Daemon:
             wait_for_broker(self.queue, settings.queue.rabbitmq, stopping)
         if stopping():
             return
-        release_all = getattr(self.queue, "release_all", None)
-        if release_all is not None:
-            n = release_all(reason={"code": "daemon.restarted",
-                                    "message": "the daemon restarted while the job was in progress"})
-            if n:
-                log.warning("jobs.recovered", jobs=n)
+        n = self.queue.release_all(reason={"code": "daemon.restarted",
+                                           "message": "the daemon restarted while the job was in progress"})
+        if n:
+            log.warning("jobs.recovered", jobs=n)
         from facewarden.daemon import metrics
 
         metrics.configure(settings.state_dir, fresh=True)  # before worker processes spawn
@@ -292,10 +290,6 @@ def job_status_paths(sources: list[Any]) -> list[str]:
 def _queue_ok(queue: Any) -> bool:
     """One quick try (a broker's ``reachable()``; depth() would retry for publish_timeout)."""
     try:
-        reachable = getattr(queue, "reachable", None)
-        if reachable is not None:
-            return bool(reachable())
-        queue.depth()
-        return True
+        return bool(queue.reachable())
     except Exception:
         return False

@@ -160,12 +160,11 @@ class WorkerPool:
         self._thread.start()
 
     def _give_back(self, name: str, code: str, message: str) -> None:
-        release = getattr(self.queue, "release_owner", None)
-        if release is not None:  # brokers redeliver on their own when the connection drops
-            n = release(name, reason={"code": code, "message": message},
-                        delay=self.settings.workers.backoff_base)
-            if n:
-                log.warning("job.given_back", worker=name, code=code, jobs=n)
+        # Brokers redeliver on their own when the connection drops (their release_owner is 0).
+        n = self.queue.release_owner(name, reason={"code": code, "message": message},
+                                     delay=self.settings.workers.backoff_base)
+        if n:
+            log.warning("job.given_back", worker=name, code=code, jobs=n)
 
     def ready_count(self) -> int:
         return sum(1 for name, p in list(self.procs.items())
@@ -212,9 +211,8 @@ class WorkerPool:
                                 f"the worker process exited unexpectedly (exit code {proc.exitcode})")
                 self.restarts += 1
                 self._spawn()
-            stale = getattr(self.queue, "leases_older_than", None)
-            if stale is not None and not self.stopping:
-                for owner, job_id in stale(timeout):
+            if not self.stopping:
+                for owner, job_id in self.queue.leases_older_than(timeout):
                     if making_progress(self.settings.state_dir, job_id, timeout):
                         continue  # a long video that keeps moving (facewarden/video/progress.py)
                     proc = self.procs.get(owner)
