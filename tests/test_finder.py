@@ -84,7 +84,7 @@ def test_verify_finds_the_large_face_of_a_phone_portrait(models_dir: Path, tmp_p
     # The check-in miss of issue 11: a sharp 3000+ px portrait whose face is larger than
     # YuNet's anchors at full resolution gave verify 0 faces and enroll face.none.
     from facewarden.models.detectors import make_detector
-    from facewarden.storage.gallery import Gallery
+    from facewarden.storage.gallery import SqliteGallery as Gallery
 
     rgb = _rgb(KNN / "train" / "obama" / "obama2.jpg")  # 626x1200
     big = cv2.resize(rgb, None, fx=2.6, fy=2.6, interpolation=cv2.INTER_CUBIC)  # 1628x3120

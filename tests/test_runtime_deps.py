@@ -44,3 +44,28 @@ def test_onnx_is_only_in_the_convert_group() -> None:
     me = next(p for p in lock["package"] if p["name"] == "facewarden")
     groups = me.get("dev-dependencies", {})
     assert any(d["name"] == "onnx" for d in groups.get("convert", [])), "models install needs onnx"
+
+
+def test_every_handler_runs_without_the_convert_group(tmp_path, data_dir, models_dir):
+    """The runtime install has no onnx (only `models install` converts with it): every
+    model must load without it. A fresh interpreter where `import onnx` fails stands in
+    for the `--no-dev` environment (CenterFace once edited its graph with onnx at load)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["onnx"] = None  # ImportError on `import onnx`, as in the runtime install
+import facewarden
+s = facewarden.Facewarden(models_dir={str(models_dir)!r})
+photo = {str(sorted((data_dir / "faces-pascal").glob("*.jpg"))[0])!r}
+print("auto", s.anonymize(photo).faces)
+for det in ("ensemble", "centerface", "finder-enroll", "finder-verify", "finder-idphoto"):
+    print(det, s.anonymize(photo, detector=det).faces)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = ("auto", "ensemble", "centerface", "finder-enroll", "finder-verify", "finder-idphoto")
+    faces = {w[0]: int(w[1]) for w in (line.split() for line in done.stdout.splitlines())
+             if len(w) == 2 and w[0] in names}  # (log lines go to stdout too)
+    assert set(faces) == set(names) and all(n > 0 for n in faces.values()), done.stdout

