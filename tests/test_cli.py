@@ -88,7 +88,8 @@ def test_process_exit_status_and_one_line_per_input(data_dir: Path, models_dir: 
                      "--models-dir", str(models_dir))
     assert ok.returncode == 0, ok.stdout + ok.stderr[-2000:]
     lines = ok.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(": ok -> " in line for line in lines), lines
+    assert len(lines) == 3 and all(": ok -> " in line for line in lines[:2]), lines
+    assert lines[2].startswith("2/2 inputs: 2 ok"), lines  # the summary
     for p in photos:
         assert (tmp / "out" / p.name).exists() and (tmp / "out" / (p.name + ".audit.json")).exists()
 
@@ -104,7 +105,8 @@ def test_process_exit_status_and_one_line_per_input(data_dir: Path, models_dir: 
                         "--models-dir", str(models_dir))
     assert mixed.returncode != 0
     lines = mixed.stdout.strip().splitlines()
-    assert len(lines) == 4, lines
+    assert len(lines) == 6, lines  # 4 inputs, the summary, the failure reasons
+    assert lines[-1] == "failed: input.empty ×1, input.not_an_image ×1, input.truncated ×1", lines
     expected = {"empty.jpg": "input.empty", "notes.jpg": "input.not_an_image",
                 "cut.jpg": "input.truncated"}
     for name, code in expected.items():

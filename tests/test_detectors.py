@@ -108,7 +108,7 @@ def test_wrong_input_raises_processing_failed(models_dir: Path, name: str) -> No
 def test_factory_caches_and_validates(models_dir: Path) -> None:
     assert make_detector("yunet", models_dir) is make_detector("yunet", models_dir)
     assert make_detector("yunet", models_dir) is not make_detector("yunet", models_dir, min_score=0.6)
-    with pytest.raises(UnknownBackend, match="unknown detector") as err:
+    with pytest.raises(UnknownBackend, match="no detector named") as err:
         make_detector("haar", models_dir)
     assert (err.value.kind, err.value.name) == ("detector", "haar")
     assert {"auto", "yunet", "centerface"} <= set(err.value.known)

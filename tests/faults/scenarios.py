@@ -97,7 +97,7 @@ class ReadyWatch:
             try:
                 r = httpx.get(self.url, timeout=2)
                 ok = r.status_code == 200
-                failing = [k for k, v in r.json().get("checks", {}).items() if not v]
+                failing = sorted(r.json().get("not_ready", {}))  # component -> reason, while 503
             except Exception:  # noqa: BLE001 - daemon starting or stopped
                 continue
             now = time.monotonic()
