@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from facewarden.cli import cli
 
 from facewarden import exitcodes
+from facewarden.cli import cli
 from facewarden.config import dump_for_child, load_settings, parse_source, settings_from_flags
 from facewarden.config.load import _deep_merge
 from facewarden.config.schema import Settings
