@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import re
+import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -159,3 +162,154 @@ def test_openapi_and_docs_page(server):
     docs = httpx.get(f"{server['url']}/docs")
     assert docs.status_code == 200 and "openapi.json" in docs.text
     assert not re.search(r'(src|href)="(https?:)?//', docs.text)  # nothing from elsewhere
+
+
+KNN = DATA / "identities-knn"
+DEMO = DATA / "idphoto-specs" / "demo" / "images"
+
+
+def test_idphoto_sync(server):
+    r = httpx.post(f"{server['url']}/idphoto", content=(DEMO / "test0.jpg").read_bytes(), timeout=180,
+                   headers={"Content-Type": "image/jpeg", **auth(server, "idphoto")})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("image/")
+    Image.open(io.BytesIO(r.content)).verify()
+    assert AuditLog(server["state"]).find_job(r.headers["x-job-id"])["handler"] == "idphoto"
+
+
+def test_enroll_checkin_and_subject_admin(server):
+    url = server["url"]
+    for photo in sorted((KNN / "train" / "obama").glob("*.jpg")):
+        r = httpx.post(f"{url}/subjects/obama/photos", files={"image": (photo.name, photo.read_bytes())},
+                       headers=auth(server, "enroll"), timeout=180)
+        assert r.status_code == 200, r.text
+        assert r.json()["facts"]["subject"] == "obama"
+    r = httpx.post(f"{url}/checkin", content=(KNN / "test" / "obama1.jpg").read_bytes(), timeout=180,
+                   headers={"Content-Type": "image/jpeg", **auth(server, "checkin")})
+    assert r.status_code == 200, r.text
+    assert "obama" in json.dumps(r.json()["result"])
+    r = httpx.post(f"{url}/checkin", content=(KNN / "test" / "alex_lacamoire1.jpg").read_bytes(), timeout=180,
+                   headers={"Content-Type": "image/jpeg", **auth(server, "checkin")})
+    assert r.status_code == 200 and "obama" not in json.dumps(r.json()["result"])
+    listed = httpx.get(f"{url}/subjects", headers=auth(server, "enroll")).json()
+    assert [s["id"] for s in listed] == ["obama"] and "vector" not in json.dumps(listed)
+    assert httpx.get(f"{url}/subjects/obama", headers=auth(server, "enroll")).json()["embeddings"]
+    assert httpx.get(f"{url}/subjects/obama/export", headers=auth(server, "enroll")).status_code == 403
+    export = httpx.get(f"{url}/subjects/obama/export", headers=auth(server, "admin")).json()
+    assert export["embeddings"] and export["embeddings"][0]["vector"]
+    assert httpx.delete(f"{url}/subjects/obama", headers=auth(server, "enroll")).status_code == 403
+    gone = httpx.delete(f"{url}/subjects/obama", headers=auth(server, "admin"))
+    assert gone.status_code == 200 and gone.json()["embeddings_removed"] >= 2
+    assert httpx.get(f"{url}/subjects/obama", headers=auth(server, "enroll")).status_code == 404
+    tomb = AuditLog(server["state"]).count()
+    assert tomb == gone.json()["audit"]["seq"]
+
+
+def _wait_done(server, job_id, scope="anonymize", timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = httpx.get(f"{server['url']}/jobs/{job_id}", headers=auth(server, scope)).json()
+        if status["state"] == "done":
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not done: {status}")
+
+
+def test_async_job_goes_through_the_queue(server):
+    r = httpx.post(f"{server['url']}/anonymize?async=true", content=PHOTO.read_bytes(),
+                   headers={"Content-Type": "image/jpeg", **auth(server)})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    # another key may not see it
+    assert httpx.get(f"{server['url']}/jobs/{job_id}", headers=auth(server, "idphoto")).status_code == 404
+    status = _wait_done(server, job_id)
+    assert status["outcome"] == "ok" and status["faces"] >= 1
+    record = AuditLog(server["state"]).find_job(job_id)
+    assert record["source"] == "api" and record["host"]
+    result = httpx.get(f"{server['url']}/jobs/{job_id}/result", headers=auth(server))
+    assert result.status_code == 200 and result.headers["x-audit-hash"] == record["hash"]
+    assert hashlib.sha256(result.content).hexdigest() == record["outputs"][0]["sha256"]
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_batch_zip_in_zip_out(server):
+    photos = sorted((KNN / "test").glob("*.jpg"))[:2]
+    archive = _zip({f"set/{p.name}": p.read_bytes() for p in photos} | {"set/notes.txt": b"skip me",
+                                                                        "bad.jpg": b"not an image"})
+    r = httpx.post(f"{server['url']}/batch?handler=anonymize", content=archive, timeout=60,
+                   headers={"Content-Type": "application/zip", **auth(server)})
+    assert r.status_code == 202, r.text
+    batch_id = r.json()["job_id"]
+    status = _wait_done(server, batch_id)
+    assert status["total"] == 3 and status["outcomes"] == {"ok": 2, "rejected": 1}
+    out = httpx.get(f"{server['url']}/jobs/{batch_id}/result", headers=auth(server), timeout=60)
+    assert out.status_code == 200 and out.headers["content-type"] == "application/zip"
+    zf = zipfile.ZipFile(io.BytesIO(out.content))
+    names = zf.namelist()
+    assert {f"results/set/{p.name}" for p in photos} <= set(names)
+    assert "summary.csv" in names and sum(n.startswith("audit/") for n in names) == 3
+    summary = zf.read("summary.csv").decode()
+    assert "input.not_an_image" in summary and "bad.jpg" in summary
+    audit = json.loads(zf.read(next(n for n in names if n.startswith("audit/"))))
+    assert AuditLog(server["state"]).find_job(audit["job_id"])["hash"] == audit["hash"]
+
+
+@pytest.mark.parametrize("name", ["../evil.jpg", "/etc/evil.jpg", "a/../../evil.jpg"])
+def test_batch_refuses_path_traversal(server, name):
+    archive = _zip({name: PHOTO.read_bytes()})
+    r = httpx.post(f"{server['url']}/batch?handler=anonymize", content=archive,
+                   headers={"Content-Type": "application/zip", **auth(server)})
+    assert r.status_code == 422 and r.json()["error"] == "batch.unsafe_path"
+    assert not (server["state"] / "evil.jpg").exists()
+
+
+def test_batch_refuses_zip_bomb(server):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.jpg", b"\0" * (1100 * 1024 * 1024 // 8))  # small on the wire
+        for i in range(9):
+            zf.writestr(f"bomb{i}.jpg", b"\0" * (1100 * 1024 * 1024 // 8))
+    assert len(buf.getvalue()) < 8 * 1024 * 1024
+    r = httpx.post(f"{server['url']}/batch?handler=anonymize", content=buf.getvalue(), timeout=60,
+                   headers={"Content-Type": "application/zip", **auth(server)})
+    assert r.status_code == 422 and r.json()["error"] == "batch.too_large"
+    r = httpx.post(f"{server['url']}/batch?handler=anonymize", content=b"PK not really",
+                   headers={"Content-Type": "application/zip", **auth(server)})
+    assert r.status_code == 422 and r.json()["error"] == "batch.not_zip"
+
+
+def test_quarantine_list_show_release_purge_retry(server):
+    url = server["url"]
+    seqs = []
+    for i in range(3):
+        r = httpx.post(f"{url}/anonymize?filename=broken{i}.jpg", content=b"garbage %d" % i * 50,
+                       headers={"Content-Type": "image/jpeg", **auth(server)})
+        assert r.status_code == 415
+        seqs.append(r.json()["audit"]["seq"])
+    listed = httpx.get(f"{url}/quarantine", headers=auth(server, "admin")).json()
+    assert set(seqs) <= {e["seq"] for e in listed}
+    shown = httpx.get(f"{url}/quarantine/{seqs[0]}", headers=auth(server, "admin")).json()
+    assert shown["open"] and shown["present"] and shown["record"]["reason"]["code"] == "input.not_an_image"
+    assert httpx.post(f"{url}/quarantine/{seqs[0]}/release", headers=auth(server, "admin")).status_code == 422
+    released = httpx.post(f"{url}/quarantine/{seqs[0]}/release?reason=owner+asked", headers=auth(server, "admin"))
+    assert released.status_code == 200 and released.content == b"garbage 0" * 50
+    purged = httpx.delete(f"{url}/quarantine/{seqs[1]}", headers=auth(server, "admin"))
+    assert purged.status_code == 200
+    retried = httpx.post(f"{url}/quarantine/{seqs[2]}/retry", headers=auth(server, "admin"), timeout=60)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["outcome"] == "rejected"  # still not an image: a new entry, not an output
+    open_now = {e["seq"] for e in httpx.get(f"{url}/quarantine", headers=auth(server, "admin")).json()}
+    assert not set(seqs) & open_now
+    assert retried.json()["record"] in open_now
+    audit = AuditLog(server["state"])
+    actions = [json.loads(t) for _s, _l, t, _d in audit.iter_records()]
+    assert {a.get("action") for a in actions if a.get("kind") == "quarantine"} >= {"release", "purge", "retry"}
+    assert any(a.get("by") == "api:test-admin" for a in actions if a.get("action") == "release")
+    assert audit.verify().ok

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import mimetypes
 from collections.abc import Callable
 from typing import Any
 
@@ -117,7 +118,10 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
         raise ApiError(413, "input.too_large", f"the image is {len(data)} bytes, above the limit of {max_bytes}")
     if not data:
         raise ApiError(422, "input.empty", "no image in the request")
-    return data, safe_name(name, "upload"), params, wants_json
+    name = safe_name(name, "upload")
+    if "." not in name:  # a raw body: name it by its type, so results keep a sensible extension
+        name += mimetypes.guess_extension(ctype) or ""
+    return data, name, params, wants_json
 
 
 async def _read_limited(request: Request, max_bytes: int) -> bytes:

@@ -121,8 +121,8 @@ class ApiService:
         batch_id = uuid.uuid4().hex
         jobs = []
         for name, data in members:
-            job = self._job(handler, clean, data, name, owner, prefix=f"batch-{batch_id}/{posixpath.dirname(name)}")
-            job.key = job.key.replace("//", "/")
+            prefix = posixpath.join(f"batch-{batch_id}", posixpath.dirname(name)).rstrip("/")
+            job = self._job(handler, clean, data, name, owner, prefix=prefix)
             jobs.append(job)
         names = {job.id: name for job, (name, _data) in zip(jobs, members, strict=True)}
         self._remember(batch_id, {"kind": "batch", "owner": owner, "handler": handler,
