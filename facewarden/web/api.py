@@ -26,6 +26,7 @@ from facewarden.storage import quarantine as book
 from facewarden.web.auth import ApiKey, KeyStore
 from facewarden.web.service import ApiService, safe_name
 
+SESSION_COOKIE = "fw_session"
 #: Query/form names that steer the call rather than the handler.
 CONTROL = {"async", "response", "image", "image_base64", "filename"}
 _STATUS_BY_CODE = {"input.too_large": 413, "input.not_an_image": 415, "input.unsupported_format": 415,
@@ -53,7 +54,11 @@ def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return request.cookies.get("fw_session")  # the console's session cookie holds the key
+    token = request.cookies.get(SESSION_COOKIE)  # the console's session (SameSite=Strict, HttpOnly)
+    if token and request.method not in ("GET", "HEAD") and request.headers.get("x-console") != "1":
+        # A cross-site form cannot set a custom header without a CORS preflight we never allow.
+        raise ApiError(403, "auth.csrf", "console requests must carry the X-Console header")
+    return token
 
 
 def authenticate(keys: KeyStore, request: Request) -> ApiKey:

@@ -198,6 +198,36 @@ class ApiService:
             zf.writestr("summary.csv", summary.getvalue())
         return buf.getvalue()
 
+    def blurred_preview(self, seq: int) -> bytes | None:
+        """A quarantined file with every face blurred, for review; None when it cannot be
+        decoded or anonymized (then nothing is shown: fail closed). Not stored, not audited:
+        it never leaves the reviewer's response."""
+        from facewarden.handlers import imageio
+        from facewarden.storage import quarantine as book
+
+        entry = book.find(self.audit, seq)
+        if entry is None or not book.has_bytes(entry, self.stores):
+            return None
+        data = self.stores[entry.quarantine["store"]].get(entry.quarantine["key"])
+        try:
+            decoded = imageio.decode(data, max_pixels=self.settings.limits.max_pixels,
+                                     min_side=self.settings.limits.min_side)
+            handler = handlers.get("anonymize")
+            with self._lock:
+                if self._pipeline is None:
+                    self._pipeline = Pipeline(self.settings, self.stores, audit=self.audit)
+                result = handler.run(decoded, handler.validate_params({"mode": "blur"}), self._pipeline.context())
+        except FacewardenError:
+            return None
+        from PIL import Image
+
+        with Image.open(io.BytesIO(result.outputs[0].data)) as img:
+            img = img.convert("RGB")
+            img.thumbnail((800, 800))
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=80)
+        return buf.getvalue()
+
     # -- gallery ---------------------------------------------------------------------
     def gallery(self) -> Any:
         if self._gallery is None:
