@@ -10,6 +10,7 @@ answered unless ``http.api_keep_uploads`` is set. Who submitted which job is kep
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -32,6 +33,7 @@ from facewarden.errors import FacewardenError, InputRejected
 from facewarden.handlers import base as handlers
 from facewarden.storage.audit import AuditLog, render
 from facewarden.storage.base import Store
+from facewarden.storage.local import LocalStore
 from facewarden.storage.stores import open_stores
 
 log = structlog.get_logger("facewarden.api")
@@ -64,16 +66,25 @@ class ApiService:
         self.queue = queue
         self.jobs_dir = Path(settings.state_dir) / "api" / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        # Sync calls answer with the result and delete it: their upload and result files need
+        # no fsync (a crash fails the call, the caller retries; the audit record is durable).
+        # Async uploads stay fsynced: the queued job must find its input after a crash.
+        self._sync_stores = dict(self.stores)
+        if not settings.http.api_keep_uploads:
+            for name in (UPLOADS, RESULTS):
+                root = getattr(self.stores[name], "root", None)
+                if root is not None:
+                    self._sync_stores[name] = LocalStore(name, root, fsync=False)
         self._pipeline: Pipeline | None = None
         self._lock = threading.Lock()  # models are not shared across threads: one sync job at a time
         self._gallery: Any = None
 
     # -- jobs ------------------------------------------------------------------------
     def _job(self, handler: str, params: dict[str, Any], data: bytes, filename: str, owner: str,
-             *, prefix: str | None = None) -> Job:
+             *, prefix: str | None = None, stores: dict[str, Store] | None = None) -> Job:
         job_id = uuid.uuid4().hex
         key = f"{prefix or job_id}/{safe_name(filename)}"
-        self.stores[UPLOADS].put(key, data, content_type="application/octet-stream")
+        (stores or self.stores)[UPLOADS].put(key, data, content_type="application/octet-stream")
         return Job(id=job_id, handler=handler, params=params, store=UPLOADS, key=key, target=RESULTS,
                    strip_prefix="", originals="keep" if self.settings.http.api_keep_uploads else "delete",
                    quarantine_store="quarantine", force=True,
@@ -85,20 +96,28 @@ class ApiService:
 
     def run_sync(self, handler: str, params: dict[str, Any], data: bytes, filename: str, owner: str) -> SyncResult:
         clean = self.validate(handler, params)
-        job = self._job(handler, clean, data, filename, owner)
+        job = self._job(handler, clean, data, filename, owner, stores=self._sync_stores)
         with self._lock:
-            if self._pipeline is None:
-                self._pipeline = Pipeline(self.settings, self.stores, audit=self.audit)
-            outcome = self._pipeline.process(job)
+            outcome = self._sync_pipeline().process(job)
         outputs = []
-        store = self.stores[RESULTS]
+        store = self._sync_stores[RESULTS]
         for o in outcome.record.get("outputs") or []:
             outputs.append((o["key"], o.get("content_type") or "application/octet-stream", store.get(o["key"])))
         if not self.settings.http.api_keep_uploads:
             for o in outcome.record.get("outputs") or []:
                 store.delete(o["key"])
                 store.delete(o["key"] + AUDIT_SUFFIX)
+            for name in (UPLOADS, RESULTS):  # the call's own folder, now empty
+                root = getattr(self._sync_stores[name], "root", None)
+                if root is not None:
+                    with contextlib.suppress(OSError):
+                        (Path(root) / job.id).rmdir()
         return SyncResult(outcome, outputs)
+
+    def _sync_pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.settings, self._sync_stores, audit=self.audit)
+        return self._pipeline
 
     def submit(self, handler: str, params: dict[str, Any], data: bytes, filename: str, owner: str) -> str:
         clean = self.validate(handler, params)
@@ -214,9 +233,8 @@ class ApiService:
                                      min_side=self.settings.limits.min_side)
             handler = handlers.get("anonymize")
             with self._lock:
-                if self._pipeline is None:
-                    self._pipeline = Pipeline(self.settings, self.stores, audit=self.audit)
-                result = handler.run(decoded, handler.validate_params({"mode": "blur"}), self._pipeline.context())
+                ctx = self._sync_pipeline().context()
+                result = handler.run(decoded, handler.validate_params({"mode": "blur"}), ctx)
         except FacewardenError:
             return None
         from PIL import Image
