@@ -90,9 +90,10 @@ class Facewarden:
             overrides["models_dir"] = Path(models_dir)
         if state_dir is not None:
             overrides["state_dir"] = Path(state_dir)
+        if gallery_key_file is not None:
+            overrides["gallery"] = {"key_file": Path(gallery_key_file)}
         self.settings = load_settings(None, overrides=overrides)
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        self._gallery_key_file = Path(gallery_key_file) if gallery_key_file else self.settings.gallery.key_file
         self._ctx: Any = None
         self._audit: Any = None
         self._lock = threading.Lock()
@@ -179,10 +180,9 @@ class _Services(dict):  # type: ignore[type-arg]
     def __missing__(self, name: str) -> Any:
         if name != "gallery":
             raise KeyError(name)
-        from facewarden.storage.gallery import open_gallery
+        from facewarden.storage.gallery import open_configured
 
-        assert self._session.state_dir is not None
-        self[name] = open_gallery(self._session.state_dir, self._session._gallery_key_file)
+        self[name] = open_configured(self._session.settings)  # SQLite in the state dir, or PostgreSQL
         return self[name]
 
 

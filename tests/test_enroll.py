@@ -22,7 +22,7 @@ from facewarden.handlers import base as handlers
 from facewarden.handlers.base import HandlerContext
 from facewarden.handlers.enroll import subject_from_key
 from facewarden.handlers.imageio import decode
-from facewarden.storage.gallery import Gallery
+from facewarden.storage.gallery import SqliteGallery as Gallery
 
 TRAIN = ("alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie")
 #: Who is in each test photo (file name and SOURCE.txt), left to right is not assumed.

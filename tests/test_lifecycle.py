@@ -158,7 +158,7 @@ def test_typo_in_a_folder_source_exits_78_naming_the_key(tmp_path):
     finally:
         p.close()
     (line,) = error_lines(p.stderr)
-    assert "poll_intervall" in line, line
+    assert "error [config.invalid]" in line and "poll_intervall" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and "AttributeError" not in p.stderr
     assert p.count("worker.started") == 0
 

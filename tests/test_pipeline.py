@@ -330,7 +330,11 @@ def test_job_queued_names_the_source_and_key(tmp: Path):
 
     settings = settings_from_flags(None, watch=tmp / "in", out=tmp / "out", state=tmp / "state",
                                    models_dir=tmp / "models", environ={})
+    from facewarden.daemon.queues.factory import open_queue
+    from facewarden.daemon.routing import Router
+
     daemon = Daemon(settings)
+    daemon.router, daemon.queue = Router(settings), open_queue(settings)  # what start() sets up first
     try:
         with capture_logs() as logs:
             assert daemon.emit(Event(store="incoming", key="sub/p.jpg", source="incoming", version="1"))

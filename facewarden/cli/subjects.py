@@ -36,9 +36,9 @@ def _settings(config: Path | None, state: Path | None, models_dir: Path | None, 
 
 
 def _gallery(settings):
-    from facewarden.storage.gallery import open_gallery
+    from facewarden.storage.gallery import open_configured
 
-    return open_gallery(Path(settings.state_dir), settings.gallery.key_file)
+    return open_configured(settings)
 
 
 def _common(f):

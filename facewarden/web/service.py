@@ -249,9 +249,9 @@ class ApiService:
     # -- gallery ---------------------------------------------------------------------
     def gallery(self) -> Any:
         if self._gallery is None:
-            from facewarden.storage.gallery import open_gallery
+            from facewarden.storage.gallery import open_configured
 
-            self._gallery = open_gallery(Path(self.settings.state_dir), self.settings.gallery.key_file)
+            self._gallery = open_configured(self.settings)
         return self._gallery
 
 

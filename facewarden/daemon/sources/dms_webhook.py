@@ -69,6 +69,7 @@ IMAGE_TYPES = (
     "image/bmp",
     "image/heic",
     "image/heif",
+    "image/avif",
 )
 
 
