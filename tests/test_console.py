@@ -161,7 +161,9 @@ def test_subjects_enroll_then_kiosk_checks_in_then_erase(browser, server):
     page.once("dialog", lambda d: d.accept("obama"))
     page.click("button[data-subject=obama]")
     page.wait_for_function("document.querySelector('#status').textContent === 'erased obama'")
-    assert "obama" not in page.inner_text("#subjects tbody")
+    page.wait_for_function("!document.querySelector('#subjects tbody').textContent.includes('obama')")
+    assert httpx.get(server["root"] + "/api/v1/subjects",
+                     headers={"Authorization": f"Bearer {server['tokens']['admin']}"}).json() == []
     page.context.close()
 
 
