@@ -203,3 +203,27 @@ def test_audit_verifies_the_chain_and_looks_a_file_up(browser, server):
     assert "input" in page.inner_text("#lookup")
     shot(page, "audit")
     page.context.close()
+
+
+def test_kiosk_camera_path_with_chromiums_fake_camera(server):
+    """getUserMedia with Chromium's built-in fake camera (a test pattern, no face): the
+    camera path runs end to end and the kiosk says so rather than naming anyone."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, "--use-fake-device-for-media-stream",
+                                                              "--use-fake-ui-for-media-stream"])
+        try:
+            page = login(b, server)
+            page.goto(server["root"] + "/kiosk")
+            page.click("#start-camera")
+            page.wait_for_selector("#snap", state="visible", timeout=20_000)
+            page.wait_for_function("document.querySelector('#camera').videoWidth > 0")
+            page.click("#snap")
+            page.wait_for_function("!['–', '…'].includes(document.querySelector('#who').textContent)",
+                                   timeout=120_000)
+            assert page.inner_text("#who") in ("unknown", "no face found")
+        finally:
+            b.close()

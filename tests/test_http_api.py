@@ -313,3 +313,34 @@ def test_quarantine_list_show_release_purge_retry(server):
     assert {a.get("action") for a in actions if a.get("kind") == "quarantine"} >= {"release", "purge", "retry"}
     assert any(a.get("by") == "api:test-admin" for a in actions if a.get("action") == "release")
     assert audit.verify().ok
+
+
+def test_apikeys_cli_shows_the_token_once_and_revokes(server):
+    from click.testing import CliRunner
+
+    from facewarden.cli import cli
+
+    runner = CliRunner()
+    made = runner.invoke(cli, ["apikeys", "create", "kiosk-2", "--scope", "checkin", "--state", str(server["state"])])
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip().splitlines()[0]
+    assert token.startswith("fwk_")
+    listed = runner.invoke(cli, ["apikeys", "list", "--json", "--state", str(server["state"])])
+    keys = json.loads(listed.stdout)
+    assert token not in listed.stdout and any(k["name"] == "kiosk-2" and k["scopes"] == ["checkin"] for k in keys)
+    who = httpx.get(f"{server['url']}/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert who.status_code == 200 and who.json()["name"] == "kiosk-2"  # the running daemon sees it at once
+    key_id = next(k["id"] for k in keys if k["name"] == "kiosk-2")
+    assert runner.invoke(cli, ["apikeys", "revoke", key_id, "--state", str(server["state"])]).exit_code == 0
+    assert httpx.get(f"{server['url']}/whoami", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    bad = runner.invoke(cli, ["apikeys", "create", "x", "--scope", "root", "--state", str(server["state"])])
+    assert bad.exit_code != 0
+
+
+def test_console_cookie_needs_the_console_header_for_changes(server):
+    token = server["tokens"]["admin"]
+    cookies = {"fw_session": token}
+    r = httpx.post(f"{server['url']}/anonymize", content=PHOTO.read_bytes(), cookies=cookies,
+                   headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 403 and r.json()["error"] == "auth.csrf"
+    assert httpx.get(f"{server['url']}/quarantine", cookies=cookies).status_code == 200
