@@ -47,7 +47,7 @@ def create(name: str, scopes: tuple[str, ...], state: Path | None, config: Path 
 
 
 @apikeys.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list instead of lines.")
 @_common
 def list_(as_json: bool, state: Path | None, config: Path | None) -> None:
     """Keys by id, name and scopes (never the tokens)."""
