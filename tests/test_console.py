@@ -209,6 +209,8 @@ def test_kiosk_camera_path_with_chromiums_fake_camera(server):
     """getUserMedia with Chromium's built-in fake camera (a test pattern, no face): the
     camera path runs end to end and the kiosk says so rather than naming anyone."""
     if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
         pytest.skip("chromium not installed")
     from playwright.sync_api import sync_playwright
 

@@ -98,6 +98,7 @@ def test_sync_anonymize_raw_body_changes_faces_and_is_audited(server):
     audit = AuditLog(server["state"])
     record = audit.find_job(r.headers["x-job-id"])
     assert record["seq"] == seq and record["hash"] == digest and record["source"] == "api"
+    assert record["by"] == "api:test-anonymize"  # the key that asked, by name
     assert record["outputs"][0]["sha256"] == hashlib.sha256(r.content).hexdigest()
     assert record["input"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert audit.verify().ok

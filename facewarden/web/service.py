@@ -88,7 +88,7 @@ class ApiService:
         return Job(id=job_id, handler=handler, params=params, store=UPLOADS, key=key, target=RESULTS,
                    strip_prefix="", originals="keep" if self.settings.http.api_keep_uploads else "delete",
                    quarantine_store="quarantine", force=True,
-                   hints={"source": "api", "api_key": owner, "event_at": time.time()})
+                   hints={"source": "api", "by": f"api:{owner}", "event_at": time.time()})
 
     def validate(self, handler: str, params: dict[str, Any]) -> dict[str, Any]:
         """Raises UnknownBackend / InputRejected (422) before anything is written."""
