@@ -13,12 +13,23 @@ class FacewardenError(Exception):
     code: str = "error"
     #: True when a later attempt may succeed (detector crash, store hiccup, timeout).
     retryable: bool = False
+    #: True when the cause is a service or disk outside the input (store, broker, network):
+    #: such failures wait for the service (time budget, circuit breaker) instead of using
+    #: up the job's attempts, and are never a reason to quarantine an input on their own.
+    infrastructure: bool = False
+    #: The store (by configured name) that failed, when a store failed.
+    store: str | None = None
 
-    def __init__(self, code: str | None = None, message: str = "", *, retryable: bool | None = None):
+    def __init__(self, code: str | None = None, message: str = "", *, retryable: bool | None = None,
+                 infrastructure: bool | None = None, store: str | None = None):
         self.code = code or self.code
         self.message = message or self.code
         if retryable is not None:
             self.retryable = retryable
+        if infrastructure is not None:
+            self.infrastructure = infrastructure
+        if store is not None:
+            self.store = store
         super().__init__(f"{self.code}: {self.message}")
 
     def as_dict(self) -> dict[str, str]:
@@ -42,6 +53,15 @@ class ProcessingFailed(FacewardenError):
     retryable = True
 
 
+class QueueUnavailable(ProcessingFailed):
+    """The queue (broker, or the embedded queue's disk) could not take or give a job in
+    time; the caller may try again later."""
+
+    code = "queue.unavailable"
+    retryable = True
+    infrastructure = True
+
+
 class ConfigError(FacewardenError):
     """The configuration is invalid; raised at start-up, naming the key and the problem."""
 
@@ -55,10 +75,43 @@ class ModelError(FacewardenError):
 
 
 class StoreError(FacewardenError):
-    """A store could not read or write; usually transient."""
+    """A store could not read or write. Whether it is transient is decided where the cause
+    is known (errno, S3 error code): see ``StoreUnavailable`` and ``StoreRefused``."""
 
     code = "store.error"
     retryable = True
+    infrastructure = True
+
+
+class StoreUnavailable(StoreError):
+    """The store is unreachable, full, slow or failing (ECONNREFUSED, timeouts, 5xx,
+    throttling, ENOSPC, EIO): it will very likely work again later."""
+
+    code = "store.unavailable"
+    retryable = True
+    infrastructure = True
+
+
+class StoreRefused(StoreError):
+    """The store answered and said no for a reason a retry cannot change (access denied,
+    no such bucket, a name it cannot hold)."""
+
+    code = "store.refused"
+    retryable = False
+    infrastructure = False
+
+
+#: Reason codes that mean "an outage, not the input". Quarantine records carrying one of
+#: these (written by this version after the retry budget ran out, or by earlier versions
+#: after three quick attempts) are re-driven when their store is back.
+INFRASTRUCTURE_CODES = frozenset({
+    "store.error", "store.unavailable", "store.full", "store.read_failed", "store.write_failed",
+    "queue.unavailable", "retry.budget_exhausted",
+})
+
+
+def is_infrastructure(err: BaseException) -> bool:
+    return isinstance(err, FacewardenError) and err.retryable and err.infrastructure
 
 
 class UnsafeKey(InputRejected):

@@ -136,6 +136,11 @@ class WorkersConfig(_Strict):
     max_attempts: int = Field(3, ge=1)
     backoff_base: float = Field(1.0, gt=0)
     backoff_max: float = Field(300.0, gt=0)
+    #: Seconds a job waits out a store or broker outage (retrying with backoff) before it
+    #: is quarantined; quarantined for an outage, it is still re-driven when the store is back.
+    retry_budget: float = Field(6 * 3600.0, gt=0)
+    #: Infrastructure failures in a row on one store before workers stop taking jobs for it.
+    breaker_threshold: int = Field(3, ge=1)
 
     def resolved_count(self) -> int:
         return self.count or (os.cpu_count() or 1)

@@ -67,6 +67,7 @@ class Daemon:
         self.queue: Any = None
         self.router: Router | None = None
         self.services: dict[str, Any] = {"health": self.health, "emit": self.emit}
+        self.monitor: Any = None
         self.sources: list[Source] = []
         self._started_sources: list[Source] = []
         self.pool: WorkerPool | None = None
@@ -162,6 +163,7 @@ class Daemon:
             self._started_sources.append(source)
             source.start(self.emit)
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        self._start_monitor()
         self.health.set("daemon", True)
         log.info("daemon.started", sources=[s.name for s in self.sources], workers=count,
                  queue=settings.queue.backend)
@@ -173,6 +175,22 @@ class Daemon:
         from facewarden.web import routes
 
         return routes(self.settings, stores=self.stores, audit=self.audit, queue=self.queue)
+
+    def _start_monitor(self) -> None:
+        """Probes stores and broker for /readyz; re-drives outage quarantines on recovery."""
+        from facewarden.daemon.monitor import ServiceMonitor
+        from facewarden.daemon.redrive import redrive
+
+        def is_up(store: str) -> bool:
+            state = self.health.snapshot().get(f"store:{store}")
+            return state is None or state.ok
+
+        def on_recover(component: str) -> None:
+            if component.startswith("store:"):
+                redrive(self.settings, self.audit, self.queue, self.stores, is_up=is_up, router=self.router)
+
+        self.monitor = ServiceMonitor.for_daemon(self.settings, self.stores, self.queue, self.health,
+                                                 on_recover=on_recover, backlog=self.queue.depth).start()
 
     def ready(self) -> dict[str, bool]:
         """Each component's readiness (the same facts /readyz reports)."""
@@ -227,6 +245,8 @@ class Daemon:
         if self.pool is not None:
             self.pool.begin_stop()
         self._stop.set()
+        if self.monitor is not None:
+            self.monitor.stop()
         for source in reversed(self._started_sources):
             try:
                 source.stop()

@@ -221,6 +221,8 @@ class Pipeline:
         result (duplicate), or when an earlier result can be copied there (ok, copy_of)."""
         job = run.job
         remote = self._record_beside_result(job, run.idem)
+        if remote is not None and _orphan_copy(remote, job):
+            remote = None  # see _orphan_copy: this job is not done, the copy is overwritten
         if remote is not None and remote.get("job_id") == job.id:
             # Another host finished this very job and died before acking it.
             self._dispose(job, remote["outcome"])
@@ -519,6 +521,18 @@ class _LazyServices(dict):
 
 def _keys(record: dict[str, Any]) -> list[str]:
     return [o["key"] for o in record.get("outputs") or []]
+
+
+def _orphan_copy(remote: dict[str, Any], job: Job) -> bool:
+    """A copy of this very job's record, written by this host, for a job that failed for
+    an outage (the worker's ``outage_retries`` hint) and has no record in our log (the
+    caller checked ``find_job``): the store took the copy but the call failed (a stalled
+    S3 PUT whose reply timed out), so the log rolled the record back. Trusting it would
+    finish the job without any record; redoing the job rewrites the copy. (issue 16)"""
+    import socket
+
+    return (remote.get("job_id") == job.id and remote.get("host") == socket.gethostname()
+            and bool(job.hints.get("outage_retries")))
 
 
 def _ms(t0: float) -> float:

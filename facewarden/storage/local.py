@@ -4,16 +4,37 @@ fsync of the directory), so a reader or a crash never leaves a partial result vi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from facewarden.errors import StoreError, UnsafeKey
+from facewarden.errors import StoreError, StoreRefused, StoreUnavailable, UnsafeKey
 from facewarden.storage.base import STORES, ObjectInfo, Store, safe_key
 
 #: Temp files start with a dot so that folder sources (which ignore dot files) never see them.
 TMP_PREFIX = ".fw-tmp-"
+#: Below this many free bytes a probe reports the folder as full (a write would fail).
+PROBE_MIN_FREE = 256 * 1024
+
+#: errnos of an outage: the disk, the mount or the network share will come back.
+RETRYABLE_ERRNOS = frozenset(getattr(errno, n) for n in (
+    "ENOSPC", "EDQUOT", "EIO", "EROFS", "EAGAIN", "EBUSY", "EINTR", "ENOMEM", "ETIMEDOUT",
+    "ENOTCONN", "ESTALE", "EHOSTDOWN", "EHOSTUNREACH", "ENETDOWN", "ENETUNREACH",
+    "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENOLCK", "EREMOTEIO", "ENOMEDIUM",
+) if hasattr(errno, n))
+_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def store_error(store: str, op: str, key: str, exc: OSError) -> StoreError:
+    """An OSError as a StoreError that says truthfully whether waiting can help."""
+    what = f"cannot {op} {key!r} in {store}: {exc.strerror or exc}"
+    if exc.errno in _FULL:
+        return StoreUnavailable("store.full", what + " (no space left)", store=store)
+    if exc.errno in RETRYABLE_ERRNOS:
+        return StoreUnavailable("store.unavailable", what, store=store)
+    return StoreRefused("store.refused", what, store=store)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,14 +70,32 @@ class LocalStore(Store):
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise StoreError("store.read_failed", f"cannot read {key!r} from {self.name}: {exc.strerror}") from exc
+            raise store_error(self.name, "read", key, exc) from exc
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             st = self.path_of(key).stat()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise store_error(self.name, "stat", key, exc) from exc
         return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+
+    def probe(self) -> None:
+        """A light check that the folder is there, readable and not full (for readiness
+        and the circuit breaker's half-open test); raises a StoreError when it is not."""
+        here = self.root  # not created yet (it is on the first write): check where it will be
+        while not here.exists() and here.parent != here:
+            here = here.parent
+        try:
+            st = os.statvfs(here)
+            with os.scandir(here) as it:
+                next(it, None)
+        except OSError as exc:
+            raise store_error(self.name, "probe", ".", exc) from exc
+        if st.f_bavail * st.f_frsize < PROBE_MIN_FREE:
+            raise StoreUnavailable("store.full", f"{self.name} ({self.root}) has less than "
+                                   f"{PROBE_MIN_FREE // 1024} KiB free", store=self.name)
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
             metadata: dict[str, str] | None = None) -> None:
@@ -75,13 +114,16 @@ class LocalStore(Store):
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            raise StoreError("store.write_failed", f"cannot write {key!r} to {self.name}: {exc.strerror}") from exc
+            raise store_error(self.name, "write", key, exc) from exc
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)
-        path.unlink(missing_ok=True)
-        if self.fsync and path.parent.exists():
-            _fsync_dir(path.parent)
+        try:
+            path.unlink(missing_ok=True)
+            if self.fsync and path.parent.exists():
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            raise store_error(self.name, "delete", key, exc) from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root

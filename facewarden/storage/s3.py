@@ -16,9 +16,21 @@ from urllib.parse import quote
 import boto3
 import structlog
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from facewarden.errors import StoreError
+from facewarden.errors import StoreError, StoreRefused, StoreUnavailable
 from facewarden.storage.base import STORES, ObjectInfo, Store, join_key, safe_key
 
 log = structlog.get_logger(__name__)
@@ -29,6 +41,32 @@ _META_NAME_OK = set(string.ascii_lowercase + string.digits + "-_")
 #: Printable ASCII minus '%', which we use as the escape character.
 _META_VALUE_SAFE = "".join(c for c in map(chr, range(0x20, 0x7F)) if c not in "%")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
+#: S3 error codes that mean "the service is busy or failing, not your request".
+RETRYABLE_CODES = frozenset({
+    "RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "TooManyRequests", "TooManyRequestsException", "InternalError",
+    "ServiceUnavailable", "RequestTimeoutException", "PriorRequestNotComplete",
+    "ProvisionedThroughputExceededException", "OperationAborted", "XMinioServerNotInitialized",
+    "XMinioStorageFull", "XMinioReadQuorum", "XMinioWriteQuorum",
+})
+#: Transport failures: the endpoint refused, reset, stalled or cut the connection.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    BotoConnectionError, EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
+    HTTPClientError, IncompleteReadError, ResponseStreamingError, ConnectionError, TimeoutError,
+    # Credentials come from a chain that may include a metadata service or SSO endpoint:
+    # "none found" is what an unreachable provider looks like too.
+    NoCredentialsError, CredentialRetrievalError,
+)
+
+
+def classify(exc: BaseException) -> bool:
+    """True when waiting can help: transport failures, timeouts, 5xx, 408/429 and
+    throttling codes. Everything else (4xx: access denied, no such bucket, bad request,
+    invalid parameters) is final."""
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return _code(exc) in RETRYABLE_CODES or status >= 500 or status in (408, 429)
+    return isinstance(exc, TRANSPORT_ERRORS)
 
 
 def _meta_name(name: str) -> str:
@@ -72,6 +110,7 @@ class ObjectNotFound(StoreError, FileNotFoundError):
 
     code = "store.not_found"
     retryable = False
+    infrastructure = False
 
 
 def _code(exc: ClientError) -> str:
@@ -129,13 +168,13 @@ class S3Store(Store):
         return f"s3://{self.bucket}/{self.full_key(key)}"
 
     # -- operations ---------------------------------------------------------------------
-    def _fail(self, op: str, key: str, exc: Exception) -> StoreError:
+    def _fail(self, op: str, key: str | None, exc: Exception) -> StoreError:
         code = _code(exc) if isinstance(exc, ClientError) else type(exc).__name__
-        retryable = not (isinstance(exc, ClientError) and code in {
-            "AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-            "InvalidBucketName", "KMS.NotFoundException"})
-        return StoreError("store.error",
-                          f"S3 {op} of {self.uri(key)} failed ({code})", retryable=retryable)
+        where = self.uri(key) if key else f"s3://{self.bucket}"
+        what = f"S3 {op} of {where} failed ({code})"
+        if classify(exc):
+            return StoreUnavailable("store.unavailable", what, store=self.name)
+        return StoreRefused("store.refused", what, store=self.name)
 
     def get(self, key: str) -> bytes:
         bkey = self.full_key(key)
@@ -146,8 +185,27 @@ class S3Store(Store):
             if _code(exc) in _NOT_FOUND:
                 raise ObjectNotFound(message=f"{self.uri(key)} does not exist") from exc
             raise self._fail("GET", key, exc) from exc
-        except BotoCoreError as exc:
+        except (BotoCoreError, *TRANSPORT_ERRORS) as exc:
             raise self._fail("GET", key, exc) from exc
+        except OSError as exc:  # urllib3 errors while streaming the body
+            raise self._fail("GET", key, exc) from exc
+
+    def probe(self, client: Any = None) -> None:
+        """HEAD of the bucket: a light check for readiness and the breaker's half-open
+        test (``client`` may be one with short timeouts and no retries)."""
+        try:
+            (client or self.client).head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError, *TRANSPORT_ERRORS, OSError) as exc:
+            raise self._fail("HEAD", None, exc) from exc
+
+    def probe_client(self, timeout: float = 2.0) -> Any:
+        """A client for probes: one try, short timeouts, so a stalled endpoint answers
+        "down" in ``timeout`` seconds instead of after minutes of retries."""
+        cfg = self.client.meta.config
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.client.meta.region_name,
+            config=BotoConfig(s3=cfg.s3, connect_timeout=timeout, read_timeout=timeout,
+                              retries={"mode": "standard", "total_max_attempts": 1}))
 
     def stat(self, key: str) -> ObjectInfo | None:
         bkey = self.full_key(key)
@@ -157,7 +215,7 @@ class S3Store(Store):
             if _code(exc) in _NOT_FOUND:
                 return None
             raise self._fail("HEAD", key, exc) from exc
-        except BotoCoreError as exc:
+        except (BotoCoreError, *TRANSPORT_ERRORS) as exc:
             raise self._fail("HEAD", key, exc) from exc
         return ObjectInfo(key=safe_key(key), size=int(resp.get("ContentLength", 0)),
                           version=str(resp.get("ETag", "")).strip('"'))
@@ -176,7 +234,7 @@ class S3Store(Store):
                 args["SSEKMSKeyId"] = self._kms_key_id
         try:
             self.client.put_object(**args)
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, *TRANSPORT_ERRORS) as exc:
             raise self._fail("PUT", key, exc) from exc
 
     def delete(self, key: str) -> None:
@@ -186,7 +244,7 @@ class S3Store(Store):
             if _code(exc) in _NOT_FOUND:
                 return
             raise self._fail("DELETE", key, exc) from exc
-        except BotoCoreError as exc:
+        except (BotoCoreError, *TRANSPORT_ERRORS) as exc:
             raise self._fail("DELETE", key, exc) from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -220,8 +278,8 @@ class S3Store(Store):
                         continue
                     yield ObjectInfo(key=rel, size=int(obj.get("Size", 0)),
                                      version=str(obj.get("ETag", "")).strip('"'))
-        except (ClientError, BotoCoreError) as exc:
-            raise self._fail("LIST", prefix or ".", exc) from exc
+        except (ClientError, BotoCoreError, *TRANSPORT_ERRORS) as exc:
+            raise self._fail("LIST", prefix or None, exc) from exc
 
     def __repr__(self) -> str:
         return f"S3Store({self.name!r}, s3://{self.bucket}/{self.prefix})"

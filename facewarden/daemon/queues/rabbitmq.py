@@ -59,7 +59,7 @@ from facewarden.daemon import amqp, metrics
 from facewarden.daemon.backoff import Backoff
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.queues.base import QUEUES, Lease, Queue
-from facewarden.errors import ConfigError, ProcessingFailed
+from facewarden.errors import ConfigError, QueueUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -80,12 +80,12 @@ HDR_DELIVERIES = "x-facewarden-deliveries"
 HDR_REASON = "x-facewarden-reason"
 HDR_REASON_MESSAGE = "x-facewarden-reason-message"
 DELAY_QUEUE_EXPIRES_MS = 60_000
+#: Depth queries (/metrics, the monitor's backlog) give up quickly while the broker is
+#: away: a scrape must not hang for the publish timeout (issue 16).
+DEPTH_TIMEOUT = 2.0
 
 
-class QueueUnavailable(ProcessingFailed):
-    """The broker could not be reached in time; the caller may try again later."""
-
-    code = "queue.unavailable"
+__all__ = ["CONNECTION_ERRORS", "QueueUnavailable", "RabbitMQQueue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,25 +317,33 @@ class RabbitMQQueue(Queue):
             link.declared_delays.add(ms)
         return name
 
-    def _with_publisher(self, op: Callable[[Any], T], what: str) -> T:
+    def _with_publisher(self, op: Callable[[Any], T], what: str, timeout: float | None = None) -> T:
         """Runs ``op(channel)`` until it succeeds, reconnecting with backoff, for at most
-        ``publish_timeout`` seconds."""
+        ``timeout`` (default ``publish_timeout``) seconds."""
         self._check_pid()
         self._ensure_keepalive()
-        deadline = time.monotonic() + self.cfg.publish_timeout
+        limit = self.cfg.publish_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         while True:
-            with self._pub.lock:
-                try:
-                    return op(self._pub.channel())
-                except ConfigError:
-                    raise
-                except (pex.NackError, pex.UnroutableError, *CONNECTION_ERRORS) as exc:
-                    if time.monotonic() >= deadline:
-                        raise QueueUnavailable(
-                            message=f"RabbitMQ did not confirm the {what} within "
-                            f"{self.cfg.publish_timeout:.0f} s ({type(exc).__name__})"
-                        ) from exc
-                    self._pub.backoff(exc, deadline)
+            # A short query (timeout given) does not queue behind a publish that is
+            # itself waiting out an outage while holding the connection.
+            wait = max(0.01, deadline - time.monotonic()) if timeout is not None else -1
+            if not self._pub.lock.acquire(timeout=wait):
+                raise QueueUnavailable(message=f"RabbitMQ: the {what} found the connection busy "
+                                       f"for {limit:.0f} s (the broker is slow or away)")
+            try:
+                return op(self._pub.channel())
+            except ConfigError:
+                raise
+            except (pex.NackError, pex.UnroutableError, *CONNECTION_ERRORS) as exc:
+                if time.monotonic() >= deadline:
+                    raise QueueUnavailable(
+                        message=f"RabbitMQ did not confirm the {what} within "
+                        f"{limit:.0f} s ({type(exc).__name__})"
+                    ) from exc
+                self._pub.backoff(exc, deadline)
+            finally:
+                self._pub.lock.release()
 
     def _publish(
         self,
@@ -528,12 +536,14 @@ class RabbitMQQueue(Queue):
         return self._with_publisher(
             lambda ch: ch.queue_declare(self.cfg.queue, passive=True).method.message_count,
             "depth query",
+            DEPTH_TIMEOUT,
         )
 
     def dead_letter_depth(self) -> int:
         return self._with_publisher(
             lambda ch: ch.queue_declare(self.dead_letter_queue, passive=True).method.message_count,
             "depth query",
+            DEPTH_TIMEOUT,
         )
 
     def reachable(self) -> bool:

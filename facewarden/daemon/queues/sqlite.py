@@ -9,14 +9,37 @@ this file is the only one that leases from it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from facewarden.daemon.jobs import Job
 from facewarden.daemon.queues.base import QUEUES, Lease, Queue
+from facewarden.errors import ProcessingFailed, QueueUnavailable
 from facewarden.storage.sqlite_db import SharedDatabase
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _classified(fn: F) -> F:
+    """SQLite errors as queue errors that say whether waiting helps: a full or failing
+    disk, a lock held too long (OperationalError) will pass; a corrupt file will not."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise QueueUnavailable(message=f"the embedded queue is unavailable: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise ProcessingFailed("queue.corrupt", f"the embedded queue file is damaged: {exc}",
+                                   retryable=False) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -38,6 +61,7 @@ CREATE TABLE IF NOT EXISTS seen (
 
 
 class SqliteQueue(Queue):
+    @_classified
     def __init__(self, path: Path | str, *, poll_interval: float = 0.02):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +76,7 @@ class SqliteQueue(Queue):
     def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self._shared.write()
 
+    @_classified
     def put(self, job: Job, *, dedup: str | None = None) -> bool:
         now = time.time()
         with self._tx() as conn:
@@ -76,6 +101,7 @@ class SqliteQueue(Queue):
         job = Job.from_json(row[1])
         return Lease(job=job, token=row[0], delivery=row[2] + 1)
 
+    @_classified
     def get(self, worker: str, timeout: float) -> Lease | None:
         deadline = time.monotonic() + timeout
         while True:
@@ -84,10 +110,12 @@ class SqliteQueue(Queue):
                 return lease
             time.sleep(self.poll_interval)
 
+    @_classified
     def ack(self, lease: Lease) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM jobs WHERE id=?", (lease.token,))
 
+    @_classified
     def retry(self, lease: Lease, *, reason: dict[str, str], delay: float) -> None:
         lease.job.last_error = reason
         lease.job.attempts = lease.delivery
@@ -95,6 +123,7 @@ class SqliteQueue(Queue):
             conn.execute("UPDATE jobs SET state='ready', owner=NULL, leased_at=NULL, due=?, body=? WHERE id=?",
                          (time.time() + delay, lease.job.to_json(), lease.token))
 
+    @_classified
     def release_owner(self, owner: str, *, reason: dict[str, str], delay: float = 0.0) -> int:
         """Gives back the jobs of a worker that is gone, noting why in each job."""
         with self._tx() as conn:
@@ -119,6 +148,7 @@ class SqliteQueue(Queue):
         return [(r[0], r[1]) for r in self._db().execute(
             "SELECT owner, id FROM jobs WHERE state='leased' AND leased_at<?", (cutoff,)).fetchall()]
 
+    @_classified
     def depth(self) -> int:
         return self._db().execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
 
