@@ -43,17 +43,22 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
         pytest.skip("chromium not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    with sync_playwright() as p:  # one per thread: every browser of this module comes from it
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    yield b
+    b.close()
 
 
 def login(browser, server, scope="admin", **context):
@@ -205,27 +210,20 @@ def test_audit_verifies_the_chain_and_looks_a_file_up(browser, server):
     page.context.close()
 
 
-def test_kiosk_camera_path_with_chromiums_fake_camera(server):
+def test_kiosk_camera_path_with_chromiums_fake_camera(playwright, server):
     """getUserMedia with Chromium's built-in fake camera (a test pattern, no face): the
     camera path runs end to end and the kiosk says so rather than naming anyone."""
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
-        pytest.skip("chromium not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, "--use-fake-device-for-media-stream",
-                                                              "--use-fake-ui-for-media-stream"])
-        try:
-            page = login(b, server)
-            page.goto(server["root"] + "/kiosk")
-            page.click("#start-camera")
-            page.wait_for_selector("#snap", state="visible", timeout=20_000)
-            page.wait_for_function("document.querySelector('#camera').videoWidth > 0")
-            page.click("#snap")
-            page.wait_for_function("!['–', '…'].includes(document.querySelector('#who').textContent)",
-                                   timeout=120_000)
-            assert page.inner_text("#who") in ("unknown", "no face found")
-        finally:
-            b.close()
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, "--use-fake-device-for-media-stream",
+                                                                   "--use-fake-ui-for-media-stream"])
+    try:
+        page = login(b, server)
+        page.goto(server["root"] + "/kiosk")
+        page.click("#start-camera")
+        page.wait_for_selector("#snap", state="visible", timeout=20_000)
+        page.wait_for_function("document.querySelector('#camera').videoWidth > 0")
+        page.click("#snap")
+        page.wait_for_function("!['–', '…'].includes(document.querySelector('#who').textContent)",
+                               timeout=120_000)
+        assert page.inner_text("#who") in ("unknown", "no face found")
+    finally:
+        b.close()
