@@ -79,7 +79,7 @@ def process_offline(image: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image", default=os.environ.get("FACEWARDEN_TEST_IMAGE", "localhost/facewarden:test"))
+    ap.add_argument("--image", default=os.environ.get("FW_CONTAINER_IMAGE", "localhost/facewarden:test"))
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     info = json.loads(podman("image", "inspect", args.image).stdout)[0]

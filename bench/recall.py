@@ -1,7 +1,16 @@
-"""Recall of each face detector backend on real photos and their hard variants.
+"""Recall of face detector backends: wider-dev by face size and pose beside deface, or the
+PASCAL photos and their hard variants.
 
-    uv run python bench/recall.py                 # all backends, 3 canvases (~1-2 min)
-    uv run python bench/recall.py --backends auto --canvases 6 --misses
+    taskset -c 0 uv run python bench/recall.py                # wider-dev: auto + ensemble + deface
+    uv run python bench/recall.py --backends auto,centerface --no-deface --misses
+    uv run python bench/recall.py --set pascal --backends auto --canvases 6   # the old variants
+
+wider-dev (default, ``--set wider``): 31 WIDER FACE val photos read from ../shared (never
+copied). One row per tool and fold (even = tuning fold, odd = held out, all): found/total per
+face-width bucket (<10, 10-16, 16-32, 32-64, 64-128, >=128 px), recall of faces >= 16 px,
+atypical-pose faces found, overall recall, share of the picture obscured, ms per image
+(detect + obscure). deface (CLI defaults: CenterFace at 1x, threshold 0.2, mask scale 1.3)
+runs in its throwaway venv on the same pixels in the same run (see bench/deface_compare.py).
 
 Prints one row per backend x variant: recall (GT faces >= 70% inside the obscuring mask, at
 the handler's default margin and shape), the share of image area obscured (the price paid in
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,13 +35,54 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import COVER, covered, fmt_table, score_masks, variants
+from bench.wider import HEADER, Tally, load_wider
 from facewarden.config import default_models_dir
 from facewarden.handlers.anonymize import DEFAULT_MARGIN, AnonymizeHandler, face_mask, obscure_faces
 from facewarden.handlers.base import HandlerContext
 from facewarden.handlers.imageio import decode
 from facewarden.models.detectors import make_detector
 
-BACKENDS = ("yunet", "yunet-native", "yunet-pyramid", "mediapipe", "mediapipe-tiled", "auto")
+BACKENDS = ("yunet", "yunet-native", "yunet-pyramid", "mediapipe", "mediapipe-tiled", "ensemble", "auto")
+WIDER_BACKENDS = ("auto", "ensemble")
+
+
+def wider_main(args) -> int:
+    samples = load_wider()
+    options = {} if args.min_score is None else {"min_score": args.min_score}
+    options.update(json.loads(args.opts))
+    print(f"wider-dev: {sum(len(s.boxes) for s in samples)} faces in {len(samples)} photos "
+          f"(even fold {sum(s.fold == 'even' for s in samples)} photos = tuning, odd = held out); "
+          f"cover>={COVER}; margin={args.margin} shape={args.shape}; options={options or 'defaults'}\n")
+    rows = []
+
+    def report(tool: str, masks: list[np.ndarray], times: list[float]) -> None:
+        for fold in ("even", "odd", "all"):
+            t = Tally()
+            for s, m in zip(samples, masks, strict=True):
+                if fold == "all" or s.fold == fold:
+                    t.add(s, m)
+            ms = np.array([x for s, x in zip(samples, times, strict=True) if fold == "all" or s.fold == fold]) * 1000
+            rows.append([tool, fold, *t.row(), f"{ms.mean():.0f}"])
+            print("  ".join(rows[-1]), flush=True)
+            if args.misses and fold == "all":
+                for name, box, c in t.misses:
+                    print(f"  miss {tool} {name} box={tuple(round(v) for v in box)} covered={c:.2f}")
+
+    for b in args.backends.split(","):
+        masks, times = run_backend(b, samples, args.models_dir, args.margin, args.shape, options)
+        report(b, masks, times)
+    if not args.no_deface:
+        from bench.deface_compare import DEFACE_PY, run_deface
+
+        if not DEFACE_PY.exists():
+            print(f"(deface skipped: {DEFACE_PY} missing; see bench/deface_compare.py)")
+        else:
+            cpu = next(iter(os.sched_getaffinity(0))) if len(os.sched_getaffinity(0)) == 1 else None
+            used, dmasks, dtimes = run_deface({"wider": samples}, "onnxrt", 0.2, [1.3], cpu)
+            report(f"deface {used} 0.2/1.3", dmasks[("wider", 1.3)], dtimes["wider"])
+    print()
+    print(fmt_table(["tool", "fold", *HEADER, "ms/img"], rows))
+    return 0
 
 
 def run_backend(name: str, samples, models_dir: Path, margin: float, shape: str, options: dict):
@@ -49,7 +100,9 @@ def run_backend(name: str, samples, models_dir: Path, margin: float, shape: str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--set", choices=("wider", "pascal"), default="wider")
+    ap.add_argument("--backends", default=None, help="comma-separated detector names")
+    ap.add_argument("--no-deface", action="store_true", help="wider: skip the deface rows")
     ap.add_argument("--variants", default="pascal,shrunk,canvas")
     ap.add_argument("--canvases", type=int, default=3, help="1920x1080 canvases in the canvas variant")
     ap.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
@@ -63,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-handler", action="store_true", help="skip the handler latency table")
     ap.add_argument("--repeat", type=int, default=2, help="passes over each variant for handler latency")
     args = ap.parse_args(argv)
+    if args.set == "wider":
+        args.backends = args.backends or ",".join(WIDER_BACKENDS)
+        return wider_main(args)
+    args.backends = args.backends or ",".join(BACKENDS)
 
     data = variants(args.canvases) if args.face_px is None else variants(args.canvases, args.face_px)
     wanted = args.variants.split(",")

@@ -62,13 +62,17 @@ def test_faces_are_obscured_and_the_rest_is_left_alone(name):
         diff = np.abs(out[cy0:cy1, cx0:cx1] - src[cy0:cy1, cx0:cx1]).mean()
         assert diff > 6.0, f"face at {(x, y, w, h)} barely changed ({diff:.1f})"
         inside[max(0, y - h):y + 2 * h, max(0, x - w):x + 2 * w] = True
-    # Far from any face the picture is the input again, up to JPEG re-encoding noise.
+    # Far from any face the picture is the input again, up to JPEG re-encoding noise and a
+    # few blurred false positives: the default finder looks at these small photos at 2x
+    # with a low threshold (a missed face is a leak, a blurred patch of wall is not), and
+    # finds printed faces, faces in pictures and some texture there.
     far = np.abs(out - src).mean(axis=2)[~inside]
-    assert far.mean() < 3.0
+    changed = float((far > 10).mean())
+    assert changed < 0.1, f"{changed:.3f} of the picture far from faces changed"  # max 0.078
     assert res.facts["faces"] >= len(boxes)
     assert res.facts["boxes_obscured"] == res.facts["faces"]
     assert res.facts["detector"] == "auto"
-    assert {m.name for m in res.models} == {"yunet-onnx", "mediapipe-face-full-range"}
+    assert {m.name for m in res.models} == {"yunet-onnx", "centerface", "mediapipe-face-full-range"}
 
 
 def _exif_jpeg() -> bytes:

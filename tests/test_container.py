@@ -1,5 +1,5 @@
 """The container image, for real: built by deploy/build-image (`.ci/run` builds it once per
-run and names it in FACEWARDEN_TEST_IMAGE), run with podman as a user would run it.
+run and names it in FW_CONTAINER_IMAGE), run with podman as a user would run it.
 
 (a) `process` a real photo with no network and a read-only root filesystem, then
     `audit verify`; (b) the daemon container on a mounted watch folder with its HTTP port
@@ -32,7 +32,7 @@ rabbit_cfg = fixtures_rabbit.rabbit_cfg
 rabbit_url = fixtures_rabbit.rabbit_url
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE = os.environ.get("FACEWARDEN_TEST_IMAGE", "localhost/facewarden:test")
+IMAGE = os.environ.get("FW_CONTAINER_IMAGE", "localhost/facewarden:test")
 
 
 def _podman_env() -> dict[str, str]:

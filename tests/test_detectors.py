@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facewarden.errors import ProcessingFailed
-from facewarden.models.detectors import AUTO_DEFAULTS, NAMES, TiledDetector, iou, make_detector, nms
+from facewarden.errors import ProcessingFailed, UnknownBackend
+from facewarden.models.detectors import AUTO_DEFAULTS, TiledDetector, iou, make_detector, names, nms
 from facewarden.models.protocols import Face, FaceDetector
 
 PASCAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-pascal"
@@ -41,7 +41,7 @@ def _matched(faces: list[Face], boxes, min_iou: float = 0.3) -> int:
     return sum(any(iou(f, Face(*b, 1.0)) >= min_iou for f in faces) for b in boxes)
 
 
-@pytest.mark.parametrize("name", ["yunet", "mediapipe", "auto"])
+@pytest.mark.parametrize("name", ["yunet", "mediapipe", "auto", "ensemble"])
 def test_backend_finds_the_faces_of_a_group_photo(models_dir: Path, name: str) -> None:
     # 2008_004176: seven people, faces ~37 px in a 480x438 photo.
     det = make_detector(name, models_dir)
@@ -50,8 +50,16 @@ def test_backend_finds_the_faces_of_a_group_photo(models_dir: Path, name: str) -
     boxes = GT["2008_004176.jpg"]
     assert _matched(faces, boxes) == len(boxes) == 7
     # A few extra boxes are fine (the shop's wall shows printed faces: Elvis cut-outs that
-    # auto's low threshold also blurs); a flood is not.
-    assert len(faces) <= len(boxes) + 5
+    # auto's low threshold also blurs); a flood is not. auto looks at this small photo at 2x
+    # as well and so also finds the tiny printed faces along the top edge: what bounds it
+    # is the share of the picture obscured.
+    if name == "auto":
+        from facewarden.handlers.anonymize import face_mask
+
+        assert face_mask(438, 480, faces).mean() <= 0.2
+        assert all(f.score >= 0.3 or (f.w < 16 and f.score >= 0.2) for f in faces)
+    else:
+        assert len(faces) <= len(boxes) + 5
     for f in faces:
         assert 0.0 <= f.score <= 1.0 and f.w > 0 and f.h > 0
 
@@ -83,12 +91,13 @@ def test_yunet_finds_12px_faces_on_a_1080p_canvas(models_dir: Path) -> None:
     assert hits >= 6, f"{hits}/7 tiny faces found"
 
 
-@pytest.mark.parametrize("name", ["yunet", "mediapipe", "auto", "mediapipe-tiled"])
+@pytest.mark.parametrize("name", ["yunet", "mediapipe", "auto", "mediapipe-tiled", "centerface",
+                                  "finder-enroll", "finder-verify", "finder-idphoto"])
 def test_no_faces_in_a_flat_image_is_an_empty_list_not_an_error(models_dir: Path, name: str) -> None:
     assert make_detector(name, models_dir).detect(np.full((480, 640, 3), 90, np.uint8)) == []
 
 
-@pytest.mark.parametrize("name", ["yunet", "mediapipe"])
+@pytest.mark.parametrize("name", ["yunet", "mediapipe", "centerface", "auto"])
 def test_wrong_input_raises_processing_failed(models_dir: Path, name: str) -> None:
     det = make_detector(name, models_dir)
     with pytest.raises(ProcessingFailed) as err:
@@ -99,27 +108,28 @@ def test_wrong_input_raises_processing_failed(models_dir: Path, name: str) -> No
 def test_factory_caches_and_validates(models_dir: Path) -> None:
     assert make_detector("yunet", models_dir) is make_detector("yunet", models_dir)
     assert make_detector("yunet", models_dir) is not make_detector("yunet", models_dir, min_score=0.6)
-    with pytest.raises(ValueError, match="unknown detector"):
+    with pytest.raises(UnknownBackend, match="unknown detector") as err:
         make_detector("haar", models_dir)
+    assert (err.value.kind, err.value.name) == ("detector", "haar")
+    assert {"auto", "yunet", "centerface"} <= set(err.value.known)
     with pytest.raises(ValueError, match="unknown option"):
         make_detector("yunet", models_dir, tile=3)
     with pytest.raises(ValueError, match="unknown option"):
-        make_detector("auto", models_dir, nonsense=1)
+        make_detector("ensemble", models_dir, nonsense=1)
     with pytest.raises(ValueError):
         make_detector("yunet", models_dir, min_score=1.5)
-    assert set(NAMES) >= {"auto", "yunet", "mediapipe"}
+    assert names()[0] == "auto" and set(names()) >= {"auto", "yunet", "mediapipe", "centerface", "ensemble"}
 
 
 def test_model_ids_name_the_bytes_that_ran(models_dir: Path) -> None:
     ids = make_detector("auto", models_dir).model_ids()
-    names = {m.name for m in ids}
-    assert names == {"yunet-onnx", "mediapipe-face-full-range"}
+    assert {m.name for m in ids} == {"yunet-onnx", "centerface", "mediapipe-face-full-range"}
     assert all(len(m.sha256) == 64 and "==" in m.source for m in ids)
 
 
-def test_auto_extra_passes_can_be_switched_on(models_dir: Path) -> None:
+def test_ensemble_extra_passes_can_be_switched_on(models_dir: Path) -> None:
     assert AUTO_DEFAULTS["full_frame"] is True
-    det = make_detector("auto", models_dir, tile=256, max_upscale=2.0)
+    det = make_detector("ensemble", models_dir, tile=256, max_upscale=2.0)
     assert len(det.members) == 3  # pyramid, full frame, tiles
     boxes = GT["2008_002470.jpg"]
     assert _matched(det.detect(_rgb("2008_002470.jpg")), boxes) == len(boxes)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from facewarden.config import default_models_dir
-from facewarden.errors import InputRejected
+from facewarden.errors import UnknownBackend
 from facewarden.models.mask_refine import person_box
 from facewarden.models.protocols import Segmenter
 from facewarden.models.segmenters import FUSED_THRESHOLD, FusedSegmenter, make_segmenter
@@ -80,5 +80,6 @@ def test_small_person_in_a_street_scene_is_segmented_on_a_crop(fused):
 
 
 def test_unknown_backend_is_rejected():
-    with pytest.raises(InputRejected):
+    with pytest.raises(UnknownBackend) as err:
         make_segmenter("sam", MODELS)
+    assert err.value.kind == "segmenter" and set(err.value.known) == {"fused", "rembg", "mediapipe"}

@@ -91,6 +91,10 @@ class RouteConfig(_Strict):
     quarantine_store: str = "quarantine"
     #: Let an event's hints (e.g. a RabbitMQ job message) choose handler, params and target.
     allow_overrides: bool = False
+    #: Which inputs this route takes, by name: "video" (.mp4 .m4v .mov .qt .mkv .webm .avi),
+    #: "image" (everything else) or "any". Lets one source send videos and photos to
+    #: different handlers or params.
+    media: Literal["any", "image", "video"] = "any"
 
 
 class RabbitMQConfig(_Strict):
@@ -152,6 +156,25 @@ class LimitsConfig(_Strict):
     #: Inputs above this many bytes are rejected before they are read.
     max_bytes: int = Field(200 * 1024 * 1024, gt=0)
     min_side: int = Field(16, ge=1)
+
+
+class VideoConfig(_Strict):
+    """Per-job budget for videos (facewarden/video/probe.py ``VideoLimits``); each limit has
+    its own rejection code (video.too_large, video.too_long, video.timeout)."""
+
+    #: Videos above this many bytes are rejected before they are read (photos: limits.max_bytes).
+    max_bytes: int = Field(8 * 1024**3, gt=0)
+    max_duration_s: float = Field(3600.0, gt=0)
+    max_frame_pixels: int = Field(4096 * 2304, gt=0)
+    max_frames: int = Field(250_000, gt=0)
+    max_total_pixels: int = Field(1920 * 1080 * 30 * 3600, gt=0)
+    #: A read of the input that makes no progress for this long aborts the job.
+    read_timeout_s: float = Field(30.0, gt=0)
+    #: Wall-clock budget of one video job. Note workers.job_timeout also applies: raise it
+    #: for long videos.
+    max_seconds: float = Field(6 * 3600.0, gt=0)
+    #: Where inputs and outputs are staged while a video is processed; "" = STATE/video-work.
+    work_dir: Path | None = None
 
 
 class HttpConfig(_Strict):
@@ -223,6 +246,7 @@ class Settings(_Strict):
     queue: QueueConfig = QueueConfig()
     workers: WorkersConfig = WorkersConfig()
     limits: LimitsConfig = LimitsConfig()
+    video: VideoConfig = VideoConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
     gallery: GalleryConfig = GalleryConfig()

@@ -260,8 +260,11 @@ class AmqpJobsSourceConfig(_Source):
         return list(dict.fromkeys([*named, *([self.raw_store] if self.raw_store else [])]))
 
 
+#: Upload types the DMS webhook accepts by default: photos (HEIC/AVIF from phones included)
+#: and the video containers anonymize takes (facewarden/video/media.py).
 DMS_IMAGE_TYPES = ["image/jpeg", "image/png", "image/webp", "image/tiff", "image/bmp",
-                   "image/heic", "image/heif"]
+                   "image/heic", "image/heif", "image/avif",
+                   "video/mp4", "video/quicktime", "video/x-matroska", "video/webm", "video/x-msvideo"]
 
 
 class DmsWebhookSourceConfig(_Source):

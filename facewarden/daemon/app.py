@@ -21,9 +21,9 @@ from facewarden.daemon.routing import Router
 from facewarden.daemon.sources import Source, SourceContext, build_source
 from facewarden.daemon.supervise import START_FAILURE_GRACE, StopRequest, supervise
 from facewarden.errors import ConfigError, FacewardenError
-from facewarden.handlers import base as handlers
 from facewarden.storage.audit import AuditLog
 from facewarden.storage.stores import open_stores
+from facewarden.video.progress import read_progress
 
 log = structlog.get_logger("facewarden.daemon")
 
@@ -31,8 +31,9 @@ log = structlog.get_logger("facewarden.daemon")
 class JobStatus:
     """Answers "where is job X?" from the queue and the audit index (for GET /jobs/{id})."""
 
-    def __init__(self, queue: Any, audit: AuditLog):
+    def __init__(self, queue: Any, audit: AuditLog, state_dir: Path | None = None):
         self.queue, self.audit = queue, audit
+        self.state_dir = state_dir
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         record = self.audit.find_job(job_id)
@@ -42,9 +43,13 @@ class JobStatus:
                     "outputs": [{"store": o["store"], "key": o["key"], "sha256": o["sha256"]}
                                 for o in record.get("outputs", [])],
                     "audit": {"seq": record["seq"], "hash": record["hash"]}}
-        state = getattr(self.queue, "job_state", lambda _id: None)(job_id)
+        state = self.queue.job_state(job_id)
         if state is not None:
-            return {"id": job_id, "state": "running" if state == "leased" else "queued"}
+            answer: dict[str, Any] = {"id": job_id, "state": "running" if state == "leased" else "queued"}
+            progress = read_progress(self.state_dir, job_id) if self.state_dir is not None else None
+            if progress is not None and state == "leased":  # videos: phase, frames_done, frames_total
+                answer["progress"] = {k: progress[k] for k in ("phase", "frames_done", "frames_total")}
+            return answer
         return None
 
 
@@ -78,9 +83,11 @@ class Daemon:
         self._stopped = False
 
     def _check_routes(self) -> None:
+        from facewarden.handlers.video import handler_for
+
         for i, route in enumerate(self.settings.routes):
             try:
-                handlers.get(route.handler).validate_params(route.params)
+                handler_for(route.handler, route.media).validate_params(route.params)
             except FacewardenError as err:
                 raise ConfigError("config.invalid", f"routes[{i}]: {err.message}") from err
 
@@ -127,7 +134,8 @@ class Daemon:
         self.audit = AuditLog(settings.state_dir)
         self.queue = open_queue(settings)
         self.router = Router(settings)
-        self.services.update(audit=self.audit, queue=self.queue, jobs=JobStatus(self.queue, self.audit))
+        self.services.update(audit=self.audit, queue=self.queue,
+                             jobs=JobStatus(self.queue, self.audit, Path(settings.state_dir)))
         ctx = SourceContext(stores=self.stores, settings=settings, services=self.services)
         self.sources = [build_source(cfg, ctx) for cfg in settings.sources]
         if settings.http.enabled:
@@ -143,12 +151,10 @@ class Daemon:
             wait_for_broker(self.queue, settings.queue.rabbitmq, stopping)
         if stopping():
             return
-        release_all = getattr(self.queue, "release_all", None)
-        if release_all is not None:
-            n = release_all(reason={"code": "daemon.restarted",
-                                    "message": "the daemon restarted while the job was in progress"})
-            if n:
-                log.warning("jobs.recovered", jobs=n)
+        n = self.queue.release_all(reason={"code": "daemon.restarted",
+                                           "message": "the daemon restarted while the job was in progress"})
+        if n:
+            log.warning("jobs.recovered", jobs=n)
         from facewarden.daemon import metrics
 
         metrics.configure(settings.state_dir, fresh=True)  # before worker processes spawn
@@ -293,10 +299,6 @@ def job_status_paths(sources: list[Any]) -> list[str]:
 def _queue_ok(queue: Any) -> bool:
     """One quick try (a broker's ``reachable()``; depth() would retry for publish_timeout)."""
     try:
-        reachable = getattr(queue, "reachable", None)
-        if reachable is not None:
-            return bool(reachable())
-        queue.depth()
-        return True
+        return bool(queue.reachable())
     except Exception:
         return False

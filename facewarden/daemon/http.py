@@ -88,7 +88,7 @@ def build_app(
     collectors: list[Any] = []
     if queue is not None and hasattr(queue, "depth"):
         collectors.append(
-            metrics.QueueDepthCollector(queue.depth, getattr(queue, "dead_letter_depth", None))
+            metrics.QueueDepthCollector(queue.depth, queue.dead_letter_depth)
         )
     started = time.time()
 

@@ -40,6 +40,7 @@ from facewarden.handlers import base as handlers
 from facewarden.handlers import imageio
 from facewarden.storage.audit import AuditLog
 from facewarden.storage.base import Store, join_key, safe_key
+from facewarden.video.media import is_video_name, sniff
 
 log = structlog.get_logger("facewarden.pipeline")
 
@@ -127,8 +128,10 @@ class Pipeline:
 
     def warm_up(self) -> None:
         """Loads the models of every routed handler once, before the first job."""
+        from facewarden.handlers.video import handler_for
+
         for route in self.settings.routes:
-            handler = handlers.get(route.handler)
+            handler = handler_for(route.handler, route.media)
             handler.warm_up(self.context(), handler.validate_params(route.params))
 
     # -- the job ---------------------------------------------------------------------
@@ -187,6 +190,11 @@ class Pipeline:
             log.warning("job.rejected", job_id=job.id, source=job.hints.get("source"), store=job.store, key=job.key,
                         code="input.missing")
             return Outcome("rejected", full)
+        if is_video_name(key):  # videos stream through temp files: facewarden/daemon/video_job.py
+            from facewarden.daemon import video_job
+
+            base = {k: v for k, v in run.record.items() if k != "input"}
+            return video_job.process(self, job, store, key, info, base, run.started)
         meta = {"store": job.store, "key": key, "uri": store.uri(key), "size": info.size, "version": info.version}
         run.record["input"] = meta
         if info.size > self.settings.limits.max_bytes:
@@ -196,6 +204,11 @@ class Pipeline:
                 f"{self.settings.limits.max_bytes} bytes"))
         t = time.perf_counter()
         run.data = store.get(key)
+        if sniff(run.data[:64]) is not None:  # a video under a photo's name (or none)
+            from facewarden.daemon import video_job
+
+            base = {k: v for k, v in run.record.items() if k != "input"}
+            return video_job.process(self, job, store, key, info, base, run.started, data=run.data)
         meta.update(sha256=_sha256(run.data), size=len(run.data))
         run.timings["read_ms"] = _ms(t)
         return None
@@ -450,6 +463,10 @@ class Pipeline:
     # -- failure paths ---------------------------------------------------------------
     def quarantine_after_failure(self, job: Job, err: FacewardenError) -> Outcome:
         """The last attempt failed for a retryable reason: give up, fail closed."""
+        if is_video_name(job.key):
+            from facewarden.daemon import video_job
+
+            return video_job.quarantine_after_failure(self, job, err)
         run = _Run(job, time.time(), {**self._base_record(job), "params": job.params})
         store = self._store(job.store)
         try:

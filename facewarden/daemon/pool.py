@@ -25,6 +25,7 @@ from facewarden.config import dump_for_child
 from facewarden.config.schema import Settings
 from facewarden.daemon import metrics
 from facewarden.daemon.health import Health
+from facewarden.video.progress import making_progress
 
 log = structlog.get_logger("facewarden.pool")
 _CTX = mp.get_context("spawn")
@@ -159,12 +160,11 @@ class WorkerPool:
         self._thread.start()
 
     def _give_back(self, name: str, code: str, message: str) -> None:
-        release = getattr(self.queue, "release_owner", None)
-        if release is not None:  # brokers redeliver on their own when the connection drops
-            n = release(name, reason={"code": code, "message": message},
-                        delay=self.settings.workers.backoff_base)
-            if n:
-                log.warning("job.given_back", worker=name, code=code, jobs=n)
+        # Brokers redeliver on their own when the connection drops (their release_owner is 0).
+        n = self.queue.release_owner(name, reason={"code": code, "message": message},
+                                     delay=self.settings.workers.backoff_base)
+        if n:
+            log.warning("job.given_back", worker=name, code=code, jobs=n)
 
     def ready_count(self) -> int:
         return sum(1 for name, p in list(self.procs.items())
@@ -211,9 +211,10 @@ class WorkerPool:
                                 f"the worker process exited unexpectedly (exit code {proc.exitcode})")
                 self.restarts += 1
                 self._spawn()
-            stale = getattr(self.queue, "leases_older_than", None)
-            if stale is not None and not self.stopping:
-                for owner, job_id in stale(timeout):
+            if not self.stopping:
+                for owner, job_id in self.queue.leases_older_than(timeout):
+                    if making_progress(self.settings.state_dir, job_id, timeout):
+                        continue  # a long video that keeps moving (facewarden/video/progress.py)
                     proc = self.procs.get(owner)
                     if proc is not None and proc.is_alive():
                         log.error("job.timeout", worker=owner, job_id=job_id, timeout_s=timeout)

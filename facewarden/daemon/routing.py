@@ -9,6 +9,7 @@ import structlog
 
 from facewarden.config.schema import RouteConfig, Settings
 from facewarden.daemon.jobs import Event, Job
+from facewarden.video.media import media_of_name
 
 log = structlog.get_logger("facewarden.routing")
 
@@ -20,7 +21,8 @@ class Router:
 
     def match(self, event: Event) -> RouteConfig | None:
         for route in self.routes:
-            if route.source == event.source and fnmatch.fnmatchcase(event.key, route.match):
+            if route.source == event.source and fnmatch.fnmatchcase(event.key, route.match) \
+                    and route.media in ("any", media_of_name(event.key)):
                 return route
         return None
 

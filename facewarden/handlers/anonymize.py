@@ -22,8 +22,8 @@ from facewarden.errors import FacewardenError, InputRejected, ProcessingFailed
 from facewarden.handlers.base import Handler, HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.imageio import DecodedImage, encode
 from facewarden.handlers.params import Param, ParamSchema
-from facewarden.models.detectors import NAMES as DETECTOR_NAMES
 from facewarden.models.detectors import make_detector
+from facewarden.models.detectors import names as detector_names
 from facewarden.models.protocols import Face, FaceDetector
 
 log = structlog.get_logger(__name__)
@@ -41,12 +41,11 @@ DEFAULT_MARGIN = 0.2
 #: faces with no floor; on 6 canvases 254/258 with 4 px and 258/258 with 5 px, for ~+0.3%
 #: of the image area obscured. Faces above 25 px are unaffected.
 MIN_MARGIN_PX = 5.0
+#: The FaceFinder under its ``anonymize`` (recall-first) policy: see facewarden/models/finder.py.
 DEFAULT_DETECTOR = "auto"
-#: Low on purpose: a blurred false positive costs little, a missed face is a leak.
-#: bench/recall.py: 0.5 and 0.3 both cover every face at a 12-px median, but with the faces
-#: shrunk further (``--face-px``) 0.3 keeps 0.99 at 10 px (0.96 with 0.5) and 0.93 at 8 px
-#: (0.79) on the 1080p canvases, for +0.2 to +0.4 points of image area obscured; on group
-#: photos it adds turned and half-hidden faces, and on busy scenes a few lamp bulbs.
+#: Low on purpose: a blurred false positive costs little, a missed face is a leak. For
+#: ``auto`` this is on the finder's calibrated scale (POLICIES["anonymize"].min_score);
+#: for a single-model detector it is that model's raw score.
 DEFAULT_MIN_SCORE = 0.3
 DEFAULT_JPEG_QUALITY = 90
 #: Blur sigma as a fraction of the face size: strong enough that features are gone at any
@@ -54,6 +53,9 @@ DEFAULT_JPEG_QUALITY = 90
 BLUR_SIGMA_FRACTION = 0.25
 #: Blocks across a face when pixelating; ~6 leaves no identifiable detail.
 PIXELATE_BLOCKS = 6
+
+#: Params of the video anonymize handler that a photo ignores.
+VIDEO_ONLY_PARAMS = ("crf", "preset", "vp9_crf", "detect_every", "pad_frames", "max_gap", "threads")
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 _COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128),
@@ -189,8 +191,10 @@ def _colour(value: Any) -> list[int]:
 
 
 SCHEMA = ParamSchema("anonymize", [
-    Param("detector", "choice", DEFAULT_DETECTOR, "face detector: auto is every detector and scale merged, "
-          "recall first; the others are single backends for comparison", choices=tuple(DETECTOR_NAMES)),
+    Param("detector", "choice", DEFAULT_DETECTOR, "auto: the FaceFinder's recall-first policy (a YuNet image "
+          "pyramid + CenterFace + one MediaPipe full-frame pass, calibrated and fused); ensemble: YuNet 1x + "
+          "MediaPipe, the previous default, ~8x faster; the others are single backends for comparison",
+          choices=tuple(detector_names())),
     Param("mode", "choice", "blur", "blur (strength grows with face size), pixelate, or fill", choices=MODES),
     Param("shape", "choice", "ellipse", "shape of each obscured region", choices=SHAPES),
     Param("margin", "number", DEFAULT_MARGIN, "extra size around each face, per side, as a share of the face "
@@ -214,6 +218,13 @@ class AnonymizeHandler(Handler):
         # The factory is a seam for tests that need a detector that fails the way a broken
         # model would; production always uses the cached ``make_detector``.
         self._factory = detector_factory
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        # Video-only params are the video handler's (facewarden/handlers/video.py) and mean
+        # nothing for a photo: one route or batch may carry both media.
+        if isinstance(params, Mapping):
+            params = {k: v for k, v in params.items() if k not in VIDEO_ONLY_PARAMS}
+        return SCHEMA.validate(params)
 
     def _detector(self, ctx: HandlerContext, params: Mapping[str, Any]) -> FaceDetector:
         try:

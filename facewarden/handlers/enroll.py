@@ -8,9 +8,11 @@ handler, into the gallery, after the receipt is durable.
 The gallery is reached through ``ctx.services["gallery"]`` as a ``GalleryView``: handlers
 never import storage (the pipeline opens the gallery lazily on first use).
 
-Faces come from YuNet (score ≥ 0.7: the low-score detections it also makes are mostly
-background faces or false positives, which would trip the one-face rule); each face is
-aligned by dlib's 5-point predictor before it is embedded.
+Faces come from the FaceFinder (facewarden/models/finder.py): ``enroll`` under its
+precision-first policy (confident faces only: low-score detections are mostly background
+faces or false positives, which would trip the one-face rule), ``verify`` under its balanced
+one; both look at every scale, so the face of a 12 MP phone portrait is found as surely as
+one in a 640-px webcam frame. Each face is aligned before it is embedded.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ from facewarden.handlers.imageio import DecodedImage, encode
 from facewarden.handlers.params import Param, ParamSchema
 from facewarden.models.detectors import make_detector
 from facewarden.models.embedders import ALIASES, DEFAULT, make_embedder
+from facewarden.models.finder import POLICIES
 from facewarden.models.protocols import Embedder, Face, FaceDetector
 
 log = structlog.get_logger(__name__)
 
-DETECTOR = "yunet"
-DETECTOR_MIN_SCORE = 0.7
+#: FaceFinder policies (facewarden/models/finder.py POLICIES) per handler.
+ENROLL_DETECTOR = "finder-enroll"
+VERIFY_DETECTOR = "finder-verify"
+#: Calibrated score a face needs to be matched and listed by verify (the verify policy's own).
+DETECTOR_MIN_SCORE = POLICIES["verify"].min_score
 #: Smallest face (box width, px) enrolment accepts: below ~60 px the embedding is noisy.
 DEFAULT_MIN_FACE = 60
 #: Variance of the Laplacian of the face resized to 160 px, below which it is too blurry to
@@ -49,9 +55,11 @@ DEFAULT_MIN_SHARPNESS = 40.0
 SECOND_FACE_RATIO = 0.5
 #: Verify embeds faces down to this width; smaller ones are reported unknown ("too_small").
 VERIFY_MIN_FACE = 24
-#: With anonymize_unknown, detections down to this score (the anonymize handler's default)
-#: are obscured too, though too uncertain to be matched or listed: the copy fails closed.
-ANONYMIZE_MIN_SCORE = 0.5
+#: With anonymize_unknown, the look is the anonymize (recall-first) policy's: detections down
+#: to its score are obscured too, though too uncertain to be matched or listed: the copy
+#: fails closed.
+ANONYMIZE_DETECTOR = "auto"
+ANONYMIZE_MIN_SCORE = POLICIES["anonymize"].min_score
 ANONYMIZE_MODES = ("blur", "pixelate", "fill")
 _SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
@@ -129,9 +137,11 @@ VERIFY_SCHEMA = ParamSchema("verify", [
 class _FaceHandler(Handler):
     """Shared: a cached detector and embedder, and the gallery from the context."""
 
+    detector_name = VERIFY_DETECTOR
+
     def _models(self, ctx: HandlerContext, backend: str) -> tuple[FaceDetector, Embedder]:
         try:
-            det = make_detector(DETECTOR, ctx.models_dir, min_score=DETECTOR_MIN_SCORE)
+            det = make_detector(self.detector_name, ctx.models_dir)
             emb = make_embedder(backend, ctx.models_dir)
         except FacewardenError:
             raise
@@ -178,6 +188,14 @@ def sharpness(rgb: np.ndarray, face: Face) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
+def _overlaps(a: Face, b: Face) -> bool:
+    """Two detections of one face: either's centre inside the other's box."""
+    def inside(p: Face, q: Face) -> bool:
+        cx, cy = p.x + p.w / 2, p.y + p.h / 2
+        return q.x <= cx <= q.x + q.w and q.y <= cy <= q.y + q.h
+    return inside(a, b) or inside(b, a)
+
+
 def _box(face: Face) -> list[int]:
     return list(face.box)
 
@@ -187,6 +205,7 @@ class EnrollHandler(_FaceHandler, CommittingHandler):
 
     name = "enroll"
     schema = ENROLL_SCHEMA
+    detector_name = ENROLL_DETECTOR
 
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         p = self.validate_params(params)
@@ -277,14 +296,13 @@ class VerifyHandler(_FaceHandler):
         threshold = p.get("threshold", emb.default_threshold)
         gallery = self._gallery(ctx)
         t0 = time.perf_counter()
+        faces, uncertain = self._detect(det, image.rgb), []
         if p["anonymize_unknown"]:
-            # One detection pass at the lower score; the confident faces are the record's.
-            wide = make_detector(DETECTOR, ctx.models_dir, min_score=ANONYMIZE_MIN_SCORE)
-            every = self._detect(wide, image.rgb)
-            faces = [f for f in every if f.score >= DETECTOR_MIN_SCORE]
-            uncertain = [f for f in every if f.score < DETECTOR_MIN_SCORE]
-        else:
-            faces, uncertain = self._detect(det, image.rgb), []
+            # A second look under the recall-first policy: whatever it finds that is not one
+            # of the record's faces is obscured too, though too uncertain to be matched or
+            # listed: the copy fails closed.
+            wide = make_detector(ANONYMIZE_DETECTOR, ctx.models_dir)
+            uncertain = [u for u in self._detect(wide, image.rgb) if not any(_overlaps(u, f) for f in faces)]
         usable = [f for f in faces if f.w >= VERIFY_MIN_FACE]
         t1 = time.perf_counter()
         vecs = emb.embed(image.rgb, usable)
@@ -309,7 +327,9 @@ class VerifyHandler(_FaceHandler):
                    "known": sorted({r["subject"] for r in records if r["subject"] != "unknown"}),
                    "unknown": len(unknown)}
         outputs = [Output(json.dumps(checkin, indent=2).encode(), ".json", "application/json", suffix="-checkin")]
+        models = [*det.model_ids(), *emb.model_ids()]
         if p["anonymize_unknown"]:
+            models = [*models, *(m for m in wide.model_ids() if m not in models)]
             from facewarden.handlers.anonymize import obscure_faces
 
             pixels = obscure_faces(image.rgb, [*unknown, *uncertain], mode=p["anonymize_mode"])
@@ -323,7 +343,7 @@ class VerifyHandler(_FaceHandler):
                    "threshold": threshold, "obscured": len(unknown) + len(uncertain) if p["anonymize_unknown"]
                    else 0, "detect_ms": round((t1 - t0) * 1000, 1),
                    "embed_ms": round((t2 - t1) * 1000, 1)},
-            models=[*det.model_ids(), *emb.model_ids()],
+            models=models,
         )
 
 

@@ -13,16 +13,24 @@ from pathlib import Path
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
+from facewarden.models.detectors import TiledDetector, register_detector
 from facewarden.models.mediapipe_lazy import defer_package_inits
-from facewarden.models.protocols import Face, ModelId
+from facewarden.models.protocols import Face, FaceDetector, ModelId
 from facewarden.models.quiet import QuietStart, native_output
-from facewarden.models.registry import model_file
+from facewarden.models.registry import ModelSpec, mediapipe_member, model_file, register_model
+
+MODEL = register_model(ModelSpec(
+    "mediapipe-face-full-range",
+    mediapipe_member("mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite"),
+    "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    "Apache-2.0", "face detection (MediaPipe BlazeFace full range)",
+))
 
 
 class MediaPipeDetector:
     name = "mediapipe"
 
-    def __init__(self, models_dir: Path, *, min_score: float = 0.5):
+    def __init__(self, models_dir: Path, *, min_score: float = 0.5, threads: int = 1):
         defer_package_inits()  # MediaPipe without matplotlib & co: ~1-2 s less start-up
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core.base_options import BaseOptions
@@ -73,3 +81,16 @@ class MediaPipeDetector:
             faces.append(Face(float(bb.origin_x), float(bb.origin_y), float(bb.width),
                               float(bb.height), score, landmarks))
         return faces
+
+
+@register_detector("mediapipe", {"min_score", "threads"}, "one MediaPipe full-range pass, whole frame")
+def _build(models_dir: Path, *, min_score: float = 0.5, threads: int = 1) -> FaceDetector:
+    return MediaPipeDetector(models_dir, min_score=min_score)
+
+
+@register_detector("mediapipe-tiled", {"min_score", "tile", "tile_overlap", "max_tiles"},
+                   "MediaPipe over overlapping square tiles")
+def _build_tiled(models_dir: Path, *, min_score: float = 0.5, tile: int = 256, tile_overlap: float = 0.25,
+                 max_tiles: int = 40) -> FaceDetector:
+    return TiledDetector(MediaPipeDetector(models_dir, min_score=min_score), tile=tile, overlap=tile_overlap,
+                         max_tiles=max_tiles)

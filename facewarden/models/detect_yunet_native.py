@@ -29,7 +29,8 @@ import numpy as np
 
 from facewarden.errors import ProcessingFailed
 from facewarden.models.detect_yunet import check_options, checked_input
-from facewarden.models.protocols import Face, ModelId
+from facewarden.models.detectors import register_detector
+from facewarden.models.protocols import Face, FaceDetector, ModelId
 from facewarden.models.registry import model_file
 
 _GOMP: ctypes.CDLL | None = None
@@ -94,3 +95,8 @@ class YuNetNativeDetector:
             if score >= self.min_score and bw > 0 and bh > 0:
                 faces.append(Face(x / s, y / s, bw / s, bh / s, score))
         return faces
+
+
+@register_detector("yunet-native", {"min_score", "upscale", "threads"}, "one YuNet pass (libfacedetection)")
+def _build(models_dir: Path, *, min_score: float = 0.5, upscale: float = 1.0, threads: int = 1) -> FaceDetector:
+    return YuNetNativeDetector(models_dir, min_score=min_score, upscale=upscale, threads=threads)

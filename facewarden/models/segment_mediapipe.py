@@ -17,7 +17,15 @@ from facewarden.errors import ProcessingFailed
 from facewarden.models.mediapipe_lazy import defer_package_inits
 from facewarden.models.protocols import ModelId
 from facewarden.models.quiet import QuietStart, native_output
-from facewarden.models.registry import model_file
+from facewarden.models.registry import ModelSpec, mediapipe_member, model_file, register_model
+from facewarden.models.segmenters import SEGMENTERS
+
+MODEL = register_model(ModelSpec(
+    "mediapipe-selfie-segmentation",
+    mediapipe_member("mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
+    "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+    "Apache-2.0", "person segmentation (MediaPipe selfie)",
+))
 
 #: Every ImageSegmenter this process created, kept alive until interpreter exit. mediapipe
 #: 1.2.2 runs each instance's C calls on its own executor, held in a reference cycle; when
@@ -77,3 +85,8 @@ class MediaPipeSegmenter:
         if mask.shape != (h, w):
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
         return np.clip(mask, 0.0, 1.0)
+
+
+@SEGMENTERS.register("mediapipe")
+def _build(models_dir: Path) -> MediaPipeSegmenter:
+    return MediaPipeSegmenter(models_dir)

@@ -116,6 +116,41 @@ class LocalStore(Store):
                 tmp.unlink(missing_ok=True)
             raise store_error(self.name, "write", key, exc) from exc
 
+    def get_file(self, key: str, dest: Path) -> None:
+        """Copies the object to a local file in chunks (videos do not fit in memory)."""
+        import shutil
+
+        try:
+            with open(self.path_of(key), "rb") as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StoreError("store.read_failed", f"cannot read {key!r} from {self.name}: {exc.strerror}") from exc
+
+    def put_file(self, key: str, src: Path, *, content_type: str = "application/octet-stream",
+                 metadata: dict[str, str] | None = None) -> None:
+        """Like ``put`` for a local file, streamed: temp file, fsync, rename, so the object
+        appears only when complete."""
+        import shutil
+
+        path = self.path_of(key)
+        tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as fin, open(tmp, "wb") as fh:
+                shutil.copyfileobj(fin, fh, 1 << 20)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            if self.fsync:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise StoreError("store.write_failed", f"cannot write {key!r} to {self.name}: {exc.strerror}") from exc
+
     def delete(self, key: str) -> None:
         path = self.path_of(key)
         try:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import boto3
 import structlog
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -151,6 +153,8 @@ class S3Store(Store):
         self.client = client
         #: Keys per LIST request (S3's maximum is 1000).
         self.page_size = 1000
+        #: Files above this size go up as multipart uploads (``put_file``), in parts of this size.
+        self.multipart_threshold = 16 * 1024 * 1024
 
     # -- keys ---------------------------------------------------------------------------
     def full_key(self, key: str) -> str:
@@ -235,6 +239,39 @@ class S3Store(Store):
         try:
             self.client.put_object(**args)
         except (ClientError, BotoCoreError, *TRANSPORT_ERRORS) as exc:
+            raise self._fail("PUT", key, exc) from exc
+
+    def get_file(self, key: str, dest: Path) -> None:
+        """Streams the object into a local file (videos do not fit in memory)."""
+        try:
+            with open(dest, "wb") as fh:
+                self.client.download_fileobj(self.bucket, self.full_key(key), fh)
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND or _code(exc) == "404":
+                raise ObjectNotFound(message=f"{self.uri(key)} does not exist") from exc
+            raise self._fail("GET", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("GET", key, exc) from exc
+
+    def put_file(self, key: str, src: Path, *, content_type: str = "application/octet-stream",
+                 metadata: dict[str, str] | None = None) -> None:
+        """Uploads a local file; above ``multipart_threshold`` as a multipart upload, which S3
+        makes visible only when it completes, so no partial object is ever readable."""
+        from boto3.s3.transfer import TransferConfig
+
+        extra: dict[str, Any] = {"ContentType": content_type}
+        meta = encode_metadata(metadata)
+        if meta:
+            extra["Metadata"] = meta
+        if self._sse:
+            extra["ServerSideEncryption"] = self._sse
+            if self._sse == "aws:kms" and self._kms_key_id:
+                extra["SSEKMSKeyId"] = self._kms_key_id
+        config = TransferConfig(multipart_threshold=self.multipart_threshold,
+                                multipart_chunksize=max(self.multipart_threshold, 8 * 1024 * 1024), use_threads=False)
+        try:
+            self.client.upload_file(str(src), self.bucket, self.full_key(key), ExtraArgs=extra, Config=config)
+        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             raise self._fail("PUT", key, exc) from exc
 
     def delete(self, key: str) -> None:

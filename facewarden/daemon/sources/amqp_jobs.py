@@ -159,10 +159,12 @@ def parse_message(
     if msg.handler is not None:
         if handlers_allowed and msg.handler not in handlers_allowed:
             raise InvalidMessage("message.handler", f"handler {msg.handler!r} is not allowed here")
-        from facewarden.handlers import base as handlers
+        from facewarden.handlers.video import handler_for
+        from facewarden.video.media import media_of_name
 
+        name = msg.input.key if isinstance(msg.input, StoredInput) else msg.input.filename
         try:
-            handler = handlers.get(msg.handler)
+            handler = handler_for(msg.handler, media_of_name(name))
             if msg.params:
                 handler.validate_params(msg.params)
         except FacewardenError as err:

@@ -50,8 +50,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from facewarden.config.sources import DMS_IMAGE_TYPES, parse_source
 from facewarden.config.sources import DmsWebhookSourceConfig as DmsWebhookOptions
-from facewarden.config.sources import parse_source
 from facewarden.daemon import metrics
 from facewarden.daemon.jobs import Event
 from facewarden.daemon.signing import BadSignature, sign, verify
@@ -61,16 +61,7 @@ from facewarden.storage.base import safe_key
 
 log = structlog.get_logger("facewarden.sources.dms_webhook")
 
-IMAGE_TYPES = (
-    "image/jpeg",
-    "image/png",
-    "image/webp",
-    "image/tiff",
-    "image/bmp",
-    "image/heic",
-    "image/heif",
-    "image/avif",
-)
+IMAGE_TYPES = tuple(DMS_IMAGE_TYPES)  # the config's default list (kept importable by this name)
 
 
 def parse_options(cfg: Any, ctx: SourceContext, model: type[Any]) -> Any:
