@@ -15,10 +15,10 @@ from facewarden.handlers.anonymize import DEFAULT_DETECTOR, DEFAULT_MIN_SCORE, A
 from facewarden.handlers.base import HandlerContext, HandlerResult, Output, register
 from facewarden.handlers.imageio import DecodedImage
 from facewarden.handlers.params import Param, ParamSchema
-from facewarden.models.detectors import NAMES as DETECTOR_NAMES
+from facewarden.models.detectors import names as detector_names
 
 SCHEMA = ParamSchema("detect", [
-    Param("detector", "choice", DEFAULT_DETECTOR, "face detector (as anonymize's)", choices=tuple(DETECTOR_NAMES)),
+    Param("detector", "choice", DEFAULT_DETECTOR, "face detector (as anonymize's)", choices=tuple(detector_names())),
     Param("min_score", "number", DEFAULT_MIN_SCORE, "detector confidence floor", minimum=0.05, maximum=1.0),
 ], "Finds faces and returns their boxes and scores as JSON; writes no image.")
 
@@ -29,6 +29,9 @@ class DetectHandler(AnonymizeHandler):
     name = "detect"
     schema = SCHEMA
     beside_suffix = "_faces"
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return SCHEMA.validate(params)  # its own schema, not anonymize's
 
     def run(self, image: DecodedImage, params: Mapping[str, Any], ctx: HandlerContext) -> HandlerResult:
         p = self.validate_params(params)
