@@ -63,7 +63,7 @@ def test_defaults_without_anything():
     s = load_settings(None, environ={})
     assert s.queue.backend == "sqlite" and s.workers.count == 0
     assert s.limits.max_pixels == 100_000_000
-    assert set(s.all_stores()) == {"quarantine", "processed"}
+    assert set(s.all_stores()) == {"quarantine", "processed", "api-uploads", "api-results"}
     assert s.all_stores()["quarantine"].root == s.state_dir / "quarantine"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from facewarden import __version__
+from facewarden.cli.apikeys import apikeys
 from facewarden.cli.audit import audit
 from facewarden.cli.config import config_check
 from facewarden.cli.handlers import handlers_command
@@ -27,7 +28,8 @@ def cli() -> None:
     """Offline, audited face processing of stored images: anonymize, ID photos, enroll/verify."""
 
 
-for _command in (run, process, models, audit, config_check, handlers_command, quarantine, subjects, worker):
+for _command in (run, process, models, audit, config_check, handlers_command, quarantine, subjects, worker,
+                 apikeys):
     cli.add_command(_command)
 
 

@@ -185,6 +185,15 @@ class HttpConfig(_Strict):
     #: HMAC key for signed GET /jobs/{id} requests (see docs/job-message.md); none = only
     #: dms-webhook sources' secrets are accepted, and without those the endpoint answers 403.
     job_status_secret: SecretStr | None = None
+    #: The HTTP API (/api/v1) and web console (/); keys from `facewarden apikeys create`.
+    api: bool = True
+    #: Keep API uploads (and sync results) in the state dir after the call instead of deleting them.
+    api_keep_uploads: bool = False
+    #: Origins allowed by CORS on /api/v1; empty = CORS off.
+    cors_origins: list[str] = Field(default_factory=list)
+    #: Files in a /api/v1/batch ZIP, and their total unpacked size (zip bombs).
+    batch_max_files: int = Field(500, gt=0)
+    batch_max_unpacked_bytes: int = Field(1024 * 1024 * 1024, gt=0)
 
 
 class LogConfig(_Strict):
@@ -296,5 +305,8 @@ class Settings(_Strict):
         builtin: dict[str, StoreConfig] = {
             "quarantine": LocalStoreConfig(root=self.state_dir / "quarantine"),
             "processed": LocalStoreConfig(root=self.state_dir / "processed"),
+            # The HTTP API's inputs and results (facewarden/web), so worker processes can run its jobs.
+            "api-uploads": LocalStoreConfig(root=self.state_dir / "api-uploads"),
+            "api-results": LocalStoreConfig(root=self.state_dir / "api-results"),
         }
         return {**builtin, **self.stores}

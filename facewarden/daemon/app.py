@@ -145,7 +145,8 @@ class Daemon:
             # every second with a hard timeout, so /readyz never waits on a stalled broker.
             app = build_app(settings, sources=self.sources, services=self.services, health=self.health,
                             job_secrets=job_status_secrets(settings, self.sources),
-                            job_paths=job_status_paths(self.sources))
+                            job_paths=job_status_paths(self.sources),
+                            extra_routes=self._web_routes())
             self.http = serve_in_thread(app, settings.http.bind, settings.http.port)
         if settings.queue.backend == "rabbitmq":
             wait_for_broker(self.queue, settings.queue.rabbitmq, stopping)
@@ -173,6 +174,14 @@ class Daemon:
         self.health.set("daemon", True)
         log.info("daemon.started", sources=[s.name for s in self.sources], workers=count,
                  queue=settings.queue.backend)
+
+    def _web_routes(self) -> list[Any]:
+        """The API and console (facewarden/web), unless ``http.api = false``."""
+        if not self.settings.http.api:
+            return []
+        from facewarden.web import routes
+
+        return routes(self.settings, stores=self.stores, audit=self.audit, queue=self.queue)
 
     def _start_monitor(self) -> None:
         """Probes stores and broker for /readyz; re-drives outage quarantines on recovery."""

@@ -174,7 +174,8 @@ class Pipeline:
         """The fields every record of this job carries, whatever its outcome."""
         return {"job_id": job.id, "handler": job.handler, "source": job.hints.get("source"),
                 "attempt": job.attempts + 1, "event_at": job.hints.get("event_at"), "target": job.target,
-                "input": {"store": job.store, "key": job.key}}
+                "input": {"store": job.store, "key": job.key},
+                **({"by": job.hints["by"]} if job.hints.get("by") else {})}  # who asked (e.g. "api:<key name>")
 
     def _read(self, run: _Run) -> Outcome | None:
         """Reads and hashes the input; finishes the job early when it is gone or too big."""

@@ -90,7 +90,7 @@ class CommittingHandler(Handler):
 
 #: Handlers by name; each handler file registers its class (or a factory) on import.
 HANDLERS: Registry[Callable[[], Handler]] = Registry("handler", "facewarden.handlers",
-                                                     ("anonymize", "idphoto", "enroll"))
+                                                     ("anonymize", "idphoto", "enroll", "detect"))
 _INSTANCES: dict[str, Handler] = {}
 
 

@@ -136,6 +136,10 @@ class AuditLog:
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         return [{**json.loads(r[0]), "hash": r[1]} for r in self._db.conn().execute(sql, args).fetchall()]
 
+    def latest(self, kind: str = "job", limit: int = 50) -> list[dict[str, Any]]:
+        """The newest records of one kind, newest first (the console's dashboard)."""
+        return self._rows("SELECT record, hash FROM records WHERE kind=? ORDER BY seq DESC LIMIT ?", (kind, limit))
+
     def find_results(self, idem_key: str) -> list[dict[str, Any]]:
         """Every ok record (first results and their copies) for this idempotency key,
         oldest first. Failures are never results: a rejected input is tried again."""
