@@ -72,7 +72,7 @@ def test_faces_are_obscured_and_the_rest_is_left_alone(name):
     assert res.facts["faces"] >= len(boxes)
     assert res.facts["boxes_obscured"] == res.facts["faces"]
     assert res.facts["detector"] == "auto"
-    assert {m.name for m in res.models} == {"yunet-onnx", "centerface", "mediapipe-face-full-range"}
+    assert {m.name for m in res.models} == {"yunet-onnx", "centerface-dynamic", "mediapipe-face-full-range"}
 
 
 def _exif_jpeg() -> bytes:

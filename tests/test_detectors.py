@@ -123,7 +123,7 @@ def test_factory_caches_and_validates(models_dir: Path) -> None:
 
 def test_model_ids_name_the_bytes_that_ran(models_dir: Path) -> None:
     ids = make_detector("auto", models_dir).model_ids()
-    assert {m.name for m in ids} == {"yunet-onnx", "centerface", "mediapipe-face-full-range"}
+    assert {m.name for m in ids} == {"yunet-onnx", "centerface-dynamic", "mediapipe-face-full-range"}
     assert all(len(m.sha256) == 64 and "==" in m.source for m in ids)
 
 
