@@ -78,7 +78,14 @@ def main() -> None:
                                         str(root / "state"), "-j", "2"], root / "ob")
         if DEFACE.exists():
             run("deface, 1 photo", [str(DEFACE), str(one), "-o", str(root / "d1.jpg")], root / "d1.jpg")
-            run("deface, batch", [str(DEFACE), *map(str, photos), "-o", str(root / "od")], root / "od")
+            # deface writes NAME_anonymized.jpg beside each input (its -o takes one file):
+            # give it its own copy of the folder each run.
+            copy = root / "dcopy"
+            for _ in range(args.runs):
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(root / "in", copy)
+                rows.setdefault("deface, batch", []).append(
+                    timed([str(DEFACE), *sorted(str(p) for p in copy.glob("*.jpg"))], root))
         else:
             print(f"(deface not found at {DEFACE}: see bench/deface_compare.py to make its venv)")
         print(f"{'command':28} {'p50 s':>8} {'images/s':>9}   ({args.runs} runs, {args.photos} photos 1920 px wide)")
