@@ -49,7 +49,8 @@ class MediaPipeDetector:
         )
         with native_output("mediapipe-face"):  # LiteRT prints ~55 lines while loading
             self._detector = vision.FaceDetector.create_from_options(options)
-        self._quiet = QuietStart("mediapipe-face")  # ...and one more at the first detection
+        # LiteRT/glog may print at any inference (a misaligned tensor, glog's first line).
+        self._quiet = QuietStart("mediapipe-face", calls=None)
         # A task graph is not safe to call from two threads at once.
         self._lock = threading.Lock()
 

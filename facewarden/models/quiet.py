@@ -108,11 +108,13 @@ class QuietStart:
     After the first calls it costs one integer comparison.
     """
 
-    def __init__(self, source: str, calls: int = 1):
+    def __init__(self, source: str, calls: int | None = 1):
         self.source = source
-        self._left = calls
+        self._left = calls  # None: every call (glog's first line can come at any call)
 
     def __call__(self):
+        if self._left is None:
+            return native_output(self.source)
         if self._left <= 0:
             return _NULL
         self._left -= 1

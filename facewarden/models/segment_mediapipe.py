@@ -56,7 +56,8 @@ class MediaPipeSegmenter:
             raise ProcessingFailed("segmenter.load", f"could not load selfie segmenter: {exc}",
                                    retryable=False) from exc
         _KEEP_ALIVE.append(self._segmenter)
-        self._quiet = QuietStart("mediapipe-selfie")
+        # LiteRT/glog may print at any inference (a misaligned tensor, glog's first line).
+        self._quiet = QuietStart("mediapipe-selfie", calls=None)
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[ModelId]:
