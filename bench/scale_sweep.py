@@ -27,7 +27,8 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DATA, REPO, fmt_table
+from bench.common import DATA, fmt_table
+from facewarden.config import default_models_dir
 from facewarden.models.finder import POLICIES, get_finder
 from facewarden.models.protocols import Face
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--no-handlers", action="store_true")
     ap.add_argument("--portraits", type=int, default=0, help="only the first N portraits (0: all 12)")
-    ap.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     args = ap.parse_args(argv)
     finder = get_finder(args.models_dir)
     finder.warm_up()
@@ -171,13 +172,13 @@ def handler_sweep(pics, models_dir: Path) -> str:
     from facewarden.handlers.base import HandlerContext
     from facewarden.handlers.enroll import EnrollHandler, VerifyHandler
     from facewarden.handlers.imageio import decode
-    from facewarden.storage.gallery import Gallery
+    from facewarden.storage.gallery import open_gallery
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="fw-sweep-"))
-    ctx = HandlerContext(models_dir=models_dir, services={"gallery": Gallery(tmp)})
+    ctx = HandlerContext(models_dir=models_dir, services={"gallery": open_gallery(tmp)})
     enroll, verify = EnrollHandler(), VerifyHandler()
     sides = (640, 1024, 2048, 3000, 4000)
     rows = []

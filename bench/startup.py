@@ -20,7 +20,7 @@ What is measured:
   the ``daemon.started`` event and to the first result file, median of warm runs.
 
 Photos: a 1024-px crowd photo from wider-dev for anonymize, a HivisionIDPhotos demo portrait
-for idphoto. Models come from the repo's var/models (``models install`` is install, not start).
+for idphoto. Models come from the installed models directory (``models install`` is install, not start).
 Timings are wall-clock and noisy when other processes share the CPU.
 """
 

@@ -36,8 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import COVER, REPO, covered, fmt_table
+from bench.common import COVER, covered, fmt_table
 from bench.make_clips import SIZES, make_clip
+from facewarden.config import default_models_dir
 
 DEFACE_PY = Path("/tmp/deface-venv/bin/python")
 DEFACE_CLI = Path("/tmp/deface-venv/bin/deface")
@@ -95,7 +96,7 @@ def ours_worker(clip: Path, out: Path, boxes: Path, params: str) -> None:
 
     h = vh.get("anonymize")
     p = h.validate_params(json.loads(params))
-    det = frame_detector(REPO / "var" / "models", p)
+    det = frame_detector(default_models_dir(), p)
     covers: dict = {}
     facts = anonymize_video(clip, out, p, det, boxes_out=covers)
     boxes.write_text(json.dumps({"params": p, "facts": facts,

@@ -186,8 +186,11 @@ class _Broken:
 
     name = "centerface"
 
-    def detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
+    def detect_resized(self, img: np.ndarray, sx: float, sy: float) -> list[Face]:
         raise RuntimeError("onnxruntime: bad alloc")
+
+    def detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
+        return self.detect_resized(rgb, scale, scale)
 
     detect = detect_at
 

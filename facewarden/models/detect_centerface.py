@@ -108,6 +108,11 @@ class CenterFaceDetector:
         w, h = max(32, round(w0 * scale)), max(32, round(h0 * scale))
         img = rgb if (w, h) == (w0, h0) else cv2.resize(
             rgb, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        return self.detect_resized(img, w / w0, h / h0)
+
+    def detect_resized(self, img: np.ndarray, sx: float, sy: float) -> list[Face]:
+        """Faces of an image already resized by (``sx``, ``sy``), boxes mapped back."""
+        h, w = img.shape[:2]
         pad_h, pad_w = -h % 32, -w % 32
         if pad_h or pad_w:
             img = cv2.copyMakeBorder(img, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
@@ -117,7 +122,7 @@ class CenterFaceDetector:
                 heat, size, offset, marks = self._session.run(list(_OUTPUTS), {"input.1": blob})
         except Exception as exc:  # noqa: BLE001 - any runtime failure means "did not look"
             raise ProcessingFailed("detector.error", f"CenterFace failed: {type(exc).__name__}") from exc
-        return self._decode(heat, size, offset, marks, w / w0, h / h0, w, h)
+        return self._decode(heat, size, offset, marks, sx, sy, w, h)
 
     def _decode(self, heat, size, offset, marks, sx: float, sy: float, w: int, h: int) -> list[Face]:
         ys, xs = np.nonzero(heat[0, 0] >= self.min_score)

@@ -108,8 +108,12 @@ class YuNetDetector:
         """Faces of ``rgb`` looked for on a copy resized by ``scale`` (boxes in ``rgb``'s
         pixels): one session serves every level of a pyramid."""
         img = checked_input(rgb, scale)
+        return self.detect_resized(img, img.shape[1] / rgb.shape[1], img.shape[0] / rgb.shape[0])
+
+    def detect_resized(self, img: np.ndarray, sx: float, sy: float) -> list[Face]:
+        """Faces of an image already resized by (``sx``, ``sy``), boxes mapped back: the
+        finder makes each pyramid level once, from the level above it."""
         h, w = img.shape[:2]
-        sx, sy = w / rgb.shape[1], h / rgb.shape[0]
         pad_h, pad_w = -h % 32, -w % 32
         if pad_h or pad_w:
             img = cv2.copyMakeBorder(img, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(0, 0, 0))

@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from facewarden.errors import FacewardenError, ProcessingFailed, UnknownBackend
@@ -67,6 +68,12 @@ PARTIAL_MIN_PX = 64.0
 CONFIRM_SEEN_PX = 32.0
 #: Raw floor every pass is run at; policies threshold the calibrated, fused score.
 RAW_FLOOR = {"yunet": 0.2, "centerface": 0.15, "mediapipe": 0.3}
+#: MediaPipe letterboxes its input to 192 px itself; it is handed a level no longer than
+#: this (its own resize of a 12 MP frame cost 26 ms and aliases; a 640-px level, 5 ms).
+MEDIAPIPE_SIDE = 1600
+#: Images above this many pixels have their coarse levels made from finer levels, not from
+#: the image (see ``Levels``); below it a direct resize costs a few ms and is the faithful one.
+CASCADE_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,12 @@ class Policy:
     centerface_ms: float = 100.0
     #: Finest YuNet level is at most this many times the image.
     max_upscale: float = 2.0
+    #: ...and never smaller than this, whatever the budget: a 20-px face in a 12 MP frame is
+    #: seen at 16 px, where YuNet's scores are steady (at the budget's 0.56x, 11 px, they
+    #: swing between 0.2 and 0.9 from one scale to the next: bench/scale_sweep.py). So faces
+    #: from 20 px up are looked for at every image size; a look at a 12 MP photo costs
+    #: ~0.1 s more, and images above it cost in proportion to their pixels.
+    min_finest: float = 0.8
     #: Coarser levels go down until the long side is at most this (px).
     coarse_side: int = 160
     #: Scale ratio between neighbouring pyramid levels.
@@ -160,6 +173,7 @@ def plan(width: int, height: int, policy: Policy) -> list[Pass]:
     # Coarser levels add ~1/step^2 + 1/step^4 + ... of the finest level's cost.
     overhead = 1.0 / (1.0 - 1.0 / policy.step ** 2)
     top = min(policy.max_upscale, math.sqrt(yunet_ms / (MS_PER_MP["yunet"] * mp * overhead)))
+    top = max(top, min(policy.min_finest, 1.0))
     if 1.0 < top < 1.25:
         top = 1.0  # an upscale this small finds nothing the 1x level does not
     levels = [top]
@@ -272,6 +286,50 @@ def _drop_nested(faces: list[Face]) -> list[Face]:
     return kept
 
 
+class Levels:
+    """A large image (above ``CASCADE_PIXELS``) at every scale a look asks for, each level
+    made once, from the smallest level already made that is at least as large: a 12 MP
+    frame is shrunk once, and the coarse levels come from the fine ones, not again from
+    12 MP (~100 ms of a look's ~430 ms). Upscaled levels are made from the image itself.
+    Smaller images are resized by each pass itself: a few ms, and the levels every
+    constant here was tuned on."""
+
+    def __init__(self, rgb: np.ndarray):
+        self.rgb = rgb
+        self._made: dict[tuple[int, int], np.ndarray] = {(rgb.shape[1], rgb.shape[0]): rgb}
+
+    def size(self, scale: float) -> tuple[int, int]:
+        h0, w0 = self.rgb.shape[:2]
+        return max(32, round(w0 * scale)), max(32, round(h0 * scale))
+
+    def at(self, scale: float) -> tuple[np.ndarray, float, float]:
+        """(level, sx, sy): the image resized by ``scale``, and the exact factors used."""
+        w, h = self.size(scale)
+        img = self._made.get((w, h))
+        if img is None:
+            h0, w0 = self.rgb.shape[:2]
+            if w > w0 or h > h0:
+                img = cv2.resize(self.rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+            else:
+                src = min((a for (sw, sh), a in self._made.items() if sw >= w and sh >= h),
+                          key=lambda a: a.shape[0] * a.shape[1])
+                # Area averaging is what keeps a big reduction from aliasing, but on a 12 MP
+                # source it costs ~80 ms against ~13 for bilinear; a reduction by less than
+                # 2x aliases little, so it takes the bilinear one.
+                interp = cv2.INTER_AREA if w < src.shape[1] / 2 else cv2.INTER_LINEAR
+                img = cv2.resize(src, (w, h), interpolation=interp)
+            self._made[(w, h)] = img
+        return img, w / self.rgb.shape[1], h / self.rgb.shape[0]
+
+
+def _unscaled(faces: list[Face], sx: float, sy: float) -> list[Face]:
+    """Faces found on a level resized by (sx, sy), in the image's own pixels."""
+    if sx == 1.0 and sy == 1.0:
+        return faces
+    return [replace(f, x=f.x / sx, y=f.y / sy, w=f.w / sx, h=f.h / sy,
+                    landmarks=tuple((px / sx, py / sy) for px, py in f.landmarks)) for f in faces]
+
+
 class FaceFinder:
     """Finds faces under a policy; models load lazily, once, and are shared by policies."""
 
@@ -310,10 +368,17 @@ class FaceFinder:
         h, w = rgb.shape[:2]
         found: list[tuple[str, Face]] = []
         passes = plan(w, h, p)
+        levels = Levels(rgb)
         for ps in passes:
             try:
                 model = self._model(ps.model)
-                faces = model.detect(rgb) if ps.model == "mediapipe" else model.detect_at(rgb, ps.scale)
+                if ps.model == "mediapipe":
+                    img, sx, sy = levels.at(min(1.0, MEDIAPIPE_SIDE / max(w, h)))
+                    faces = _unscaled(model.detect(img), sx, sy)
+                elif w * h > CASCADE_PIXELS:
+                    faces = model.detect_resized(*levels.at(ps.scale))
+                else:
+                    faces = model.detect_at(rgb, ps.scale)
             except FacewardenError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means "did not look"
