@@ -9,7 +9,9 @@ deface is never a facewarden dependency: it runs from a throwaway venv, in a sub
 
 What is compared, like with like:
 
-- Same images (bench/common.py variants: pascal, shrunk, canvas), handed to both as pixels.
+- Same images (bench/common.py variants: pascal, shrunk, canvas; and wider1080: wider-dev's
+  31 crowd photos scaled to 1920 px wide, the "1080p crowd photos" of the speed target),
+  handed to both as pixels.
 - Same measure: a GT face counts when >= 70% of its box is inside the obscuring mask. Our mask
   is ``face_mask`` (exactly the pixels ``obscure_faces`` replaces); deface's is obtained by
   running deface's own ``anonymize_frame`` (blur, ellipse) on a random-noise frame with its
@@ -38,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import fmt_table, score_masks, variants
+from bench.common import Sample, fmt_table, score_masks, variants
 from facewarden.config import default_models_dir
 from facewarden.handlers.anonymize import AnonymizeHandler, face_mask, obscure_faces
 from facewarden.models.detectors import make_detector
@@ -77,6 +79,21 @@ for key in frames.files:
 np.savez_compressed(dst, **out)
 print(json.dumps({"times": times, "backend": cf.backend}))
 '''
+
+
+def wider_1080p(n: int) -> list[Sample]:
+    """wider-dev's crowd photos (read from ../shared, never copied) scaled to 1920 px wide,
+    boxes with them: real 1080p-class crowd photos, the speed target's case."""
+    import cv2
+
+    from bench.wider import load_wider
+
+    out = []
+    for s in load_wider()[:n]:
+        k = 1920 / s.rgb.shape[1]
+        rgb = cv2.resize(s.rgb, (1920, round(s.rgb.shape[0] * k)), interpolation=cv2.INTER_LINEAR)
+        out.append(Sample(s.name, rgb, [(x * k, y * k, w * k, h * k) for x, y, w, h in s.boxes]))
+    return out
 
 
 def run_ours(data, models_dir: Path, margins: list[float]):
@@ -127,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="deface's ONNX runners to try (opencv is what a bare `pip install deface` uses)")
     ap.add_argument("--deface-thresh", type=float, default=0.2, help="deface's default is 0.2")
     ap.add_argument("--cpu", type=int, default=0, help="core both sides are pinned to")
+    ap.add_argument("--wider1080", type=int, default=31,
+                    help="wider-dev crowd photos scaled to 1920 px wide, as a variant (0: none)")
     ap.add_argument("--no-pin", action="store_true", help="let both sides use every core")
     ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     args = ap.parse_args(argv)
@@ -137,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {cpu})
 
     data = variants(args.canvases)
+    if args.wider1080:
+        data["wider1080"] = wider_1080p(args.wider1080)
     ours_margin = AnonymizeHandler().validate_params({})["margin"]
     deface_scale = 1.3
     # deface's mask scale s grows the box by (s - 1) of its size per side: 1.3 <-> margin 0.3.
@@ -144,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     #: img/s over every image of every variant, per tool (the throughput target's measure).
     overall: dict[str, float] = {}
+    deface_times: dict[str, dict[str, list[float]]] = {}
 
     def add(tool: str, mask_note: str, masks, times, key_extra):
         all_found = all_total = 0
@@ -163,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     add(ours, f"margin {deface_scale - 1.0:.1f} (=deface 1.3)", our_masks, our_times, deface_scale - 1.0)
     for backend in args.deface_backends.split(","):
         used, masks, times = run_deface(data, backend, args.deface_thresh, [deface_scale, 1.0 + ours_margin], cpu)
+        deface_times[used] = times
         tool = f"deface {used} (thresh {args.deface_thresh})"
         add(tool, f"mask_scale {deface_scale} (default)", masks, times, deface_scale)
         add(tool, f"mask_scale {1.0 + ours_margin:.1f} (=ours)", masks, times, 1.0 + ours_margin)
@@ -174,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         if tool != ours:
             print(f"throughput, all images: {ours} {overall[ours]:.2f} img/s = "
                   f"{overall[ours] / ips:.2f}x {tool} ({ips:.2f} img/s)")
+    for v in ("canvas", "wider1080"):
+        if v not in data:
+            continue
+        mine = len(our_times[v]) / sum(our_times[v])
+        for backend, times in deface_times.items():
+            print(f"throughput, {v} (1080p): {mine:.2f} img/s = {mine * sum(times[v]) / len(times[v]):.2f}x "
+                  f"deface {backend}")
     return 0
 
 

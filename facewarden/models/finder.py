@@ -134,9 +134,12 @@ POLICIES: dict[str, Policy] = {
     # Tuned on the even fold of wider-dev (bench/recall.py). min_score 0.25 everywhere found
     # 4 more faces under 10 px there but blurred 1.5x the area (false positives on small
     # photos looked at 2x); 0.2 for faces under 16 px only found 9 more (and 2 of 3 missed
-    # atypical-pose faces) for +0.002 of area. CenterFace beyond 140 ms found nothing more. On 1080p canvases it takes
-    # half of deface's time per frame (bench/deface_compare.py: 2044 vs 4324 ms under load).
-    "anonymize": Policy("anonymize", min_score=0.3, yunet_ms=170.0, centerface_ms=140.0, max_upscale=2.0,
+    # atypical-pose faces) for +0.002 of area. CenterFace beyond 140 ms found nothing more.
+    # YuNet's 130 ms (it was 170): a 1080p frame is looked at 1x, not 1.35x (the 1.18x the
+    # budget gives is too close to 1x to find more), which takes a third off its look (308 ->
+    # 208 ms on bench/recall.py's 1080p canvases, same 258/258 faces); a ~1 MP photo is
+    # looked at 1.7x, not 2x (2 fewer faces under 10 px on the even fold, 78 -> 76 of 99).
+    "anonymize": Policy("anonymize", min_score=0.3, yunet_ms=130.0, centerface_ms=140.0, max_upscale=2.0,
                         merge_iou=0.3, box_from="all", confirm_px=128.0, confirm_score=0.5,
                         small_px=16.0, small_min_score=0.2),
     "enroll": Policy("enroll", min_score=0.6, yunet_ms=170.0, centerface_ms=40.0, max_upscale=1.0,
