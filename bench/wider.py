@@ -31,6 +31,8 @@ class WiderSample:
     pose: list[str]
     ignore: list[tuple[float, float, float, float]] = field(default_factory=list)
     fold: str = "even"
+    #: WIDER's occlusion label per box: 0 none, 1 partial, 2 heavy.
+    occlusion: list[int] = field(default_factory=list)
 
 
 def load_wider() -> list[WiderSample]:
@@ -39,9 +41,13 @@ def load_wider() -> list[WiderSample]:
     for i, im in enumerate(sorted(gt["images"], key=lambda x: x["file"])):
         with Image.open(WIDER / im["file"]) as pic:
             rgb = np.ascontiguousarray(np.asarray(pic.convert("RGB")))
+        occlusion = [o for o, bad in zip(im["occlusion_official_order"], im["invalid_official_order"], strict=True)
+                     if not bad]
+        if len(occlusion) != len(im["boxes"]):
+            raise SystemExit(f"{im['file']}: occlusion labels do not match the boxes")
         out.append(WiderSample(im["file"].rsplit("/", 1)[-1], rgb, [tuple(b) for b in im["boxes"]],
                                list(im["pose"]), [tuple(b) for b in im["ignore"]],
-                               "even" if i % 2 == 0 else "odd"))
+                               "even" if i % 2 == 0 else "odd", occlusion))
     return out
 
 
@@ -60,18 +66,23 @@ class Tally:
     pose_total: dict[str, int] = field(default_factory=lambda: {"typical": 0, "atypical": 0})
     area: int = 0
     pixels: int = 0
-    misses: list[tuple[str, tuple, float]] = field(default_factory=list)
+    #: Faces >= 16 px not heavily occluded (WIDER occlusion < 2): found, total.
+    visible16: list[int] = field(default_factory=lambda: [0, 0])
+    misses: list[tuple[str, tuple, float, int]] = field(default_factory=list)
 
     def add(self, s: WiderSample, mask: np.ndarray) -> None:
-        for box, pose in zip(s.boxes, s.pose, strict=True):
+        for box, pose, occl in zip(s.boxes, s.pose, s.occlusion, strict=True):
             b = bucket_of(box)
             hit = covered(mask, box) >= COVER
+            if box[2] >= 16 and occl < 2:
+                self.visible16[0] += hit
+                self.visible16[1] += 1
             self.total[b] += 1
             self.found[b] += hit
             self.pose_total[pose] += 1
             self.pose_found[pose] += hit
             if not hit:
-                self.misses.append((s.name, box, covered(mask, box)))
+                self.misses.append((s.name, box, covered(mask, box), occl))
         self.area += int(mask.sum())
         self.pixels += mask.size
 
@@ -80,10 +91,12 @@ class Tally:
         ge16 = self.found[2:].sum() / max(1, self.total[2:].sum())
         allr = self.found.sum() / max(1, self.total.sum())
         aty = f"{self.pose_found['atypical']}/{self.pose_total['atypical']}"
-        return [*cells, f"{ge16:.3f}", aty, f"{allr:.3f}", f"{self.area / max(1, self.pixels):.3f}"]
+        vis = f"{self.visible16[0]}/{self.visible16[1]}"
+        return [*cells, f"{ge16:.3f}", vis, aty, f"{allr:.3f}", f"{self.area / max(1, self.pixels):.3f}"]
 
 
-HEADER = [*BUCKET_NAMES, ">=16 rec", "atypical", "all rec", "area"]
+#: ">=16 vis": faces >= 16 px that WIDER does not flag as heavily occluded.
+HEADER = [*BUCKET_NAMES, ">=16 rec", ">=16 vis", "atypical", "all rec", "area"]
 
 
 def atypical_boxes(samples: list[WiderSample]) -> set[tuple[str, tuple]]:
