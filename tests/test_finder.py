@@ -66,7 +66,7 @@ def _place(rgb: np.ndarray, ref: Face, face_px: int, frame: tuple[int, int]) -> 
 # -- scale --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("frame", "face_px"), [((640, 480), 20), ((640, 480), 120), ((640, 480), 360),
-                                                ((4000, 3000), 24), ((4000, 3000), 2400)])
+                                                ((4000, 3000), 20), ((4000, 3000), 24), ((4000, 3000), 2400)])
 def test_scale_sweep_every_policy_finds_the_face_exactly_once(finder: FaceFinder, frame, face_px: int) -> None:
     # The portrait's face from 20 px to the whole frame, in a webcam frame and a 12 MP one.
     rgb = _rgb(KNN / "train" / "obama" / "obama.jpg")
@@ -107,6 +107,20 @@ def test_pyramid_reaches_down_for_huge_images_and_up_for_small_ones() -> None:
     small = [s.scale for s in plan(640, 480, p) if s.model == "yunet"]
     assert max(small) > 1.0  # tiny faces of a small photo get an upscaled level
     assert {s.model for s in big} == {"yunet", "centerface", "mediapipe"}
+
+
+def test_a_12mp_photo_is_looked_at_closely_enough_for_a_20px_face_but_a_100mp_one_stays_bounded() -> None:
+    # At the budget's 0.56x a 20-px face is 11 px, where YuNet's scores swing from 0.2 to
+    # 0.9 between neighbouring scales (the scale sweep missed 3 of 96 that way).
+    from facewarden.models.finder import FLOOR_LEVEL_PIXELS
+
+    for name, p in POLICIES.items():
+        finest = max(s.scale for s in plan(4000, 3000, p) if s.model == "yunet")
+        assert finest >= 0.8, name
+        # ...but the floor never makes a level past FLOOR_LEVEL_PIXELS (a 27 MP look at 0.8x
+        # took 1.6 GB): a 100 MP photo (the decode limit) keeps a bounded look.
+        huge = max(s.scale for s in plan(11500, 8625, p) if s.model == "yunet")
+        assert huge ** 2 * 11500 * 8625 <= FLOOR_LEVEL_PIXELS * 1.01, name
 
 
 # -- pose and small faces ------------------------------------------------------------------

@@ -68,6 +68,10 @@ PARTIAL_MIN_PX = 64.0
 CONFIRM_SEEN_PX = 32.0
 #: Raw floor every pass is run at; policies threshold the calibrated, fused score.
 RAW_FLOOR = {"yunet": 0.2, "centerface": 0.15, "mediapipe": 0.3}
+#: ``Policy.min_finest`` makes a level of at most this many pixels: a 12 MP photo's 0.8x.
+#: Larger photos (up to the 100 MP limit) fall back to the budget's level: at 0.8x a 27 MP
+#: photo's look took 1.6 GB and 2.3 s.
+FLOOR_LEVEL_PIXELS = 8_000_000
 #: MediaPipe letterboxes its input to 192 px itself; it is handed a level no longer than
 #: this (its own resize of a 12 MP frame cost 26 ms and aliases; a 640-px level, 5 ms).
 MEDIAPIPE_SIDE = 1600
@@ -92,8 +96,8 @@ class Policy:
     #: ...and never smaller than this, whatever the budget: a 20-px face in a 12 MP frame is
     #: seen at 16 px, where YuNet's scores are steady (at the budget's 0.56x, 11 px, they
     #: swing between 0.2 and 0.9 from one scale to the next: bench/scale_sweep.py). So faces
-    #: from 20 px up are looked for at every image size; a look at a 12 MP photo costs
-    #: ~0.1 s more, and images above it cost in proportion to their pixels.
+    #: from 20 px up are looked for up to 12 MP (``FLOOR_LEVEL_PIXELS``); a look at a 12 MP
+    #: photo costs ~0.1 s more.
     min_finest: float = 0.8
     #: Coarser levels go down until the long side is at most this (px).
     coarse_side: int = 160
@@ -176,7 +180,7 @@ def plan(width: int, height: int, policy: Policy) -> list[Pass]:
     # Coarser levels add ~1/step^2 + 1/step^4 + ... of the finest level's cost.
     overhead = 1.0 / (1.0 - 1.0 / policy.step ** 2)
     top = min(policy.max_upscale, math.sqrt(yunet_ms / (MS_PER_MP["yunet"] * mp * overhead)))
-    top = max(top, min(policy.min_finest, 1.0))
+    top = max(top, min(policy.min_finest, 1.0, math.sqrt(FLOOR_LEVEL_PIXELS / (width * height))))
     if 1.0 < top < 1.25:
         top = 1.0  # an upscale this small finds nothing the 1x level does not
     levels = [top]
