@@ -57,6 +57,8 @@ def amqp_probe(url: str, timeout: float = PROBE_TIMEOUT) -> Callable[[], None]:
     stalled one never answers and the monitor's timeout reports it."""
     import pika
 
+    from facewarden.daemon.amqp import open_connection
+
     state: dict[str, Any] = {}
 
     def drop() -> None:
@@ -77,7 +79,7 @@ def amqp_probe(url: str, timeout: float = PROBE_TIMEOUT) -> Callable[[], None]:
                 params.connection_attempts = 1
                 params.heartbeat = 10
                 params.client_properties = {"connection_name": "facewarden readiness probe"}
-                state["conn"] = pika.BlockingConnection(params)
+                state["conn"] = open_connection(params)
                 state["ch"] = state["conn"].channel()
             state["ch"].exchange_declare("amq.direct", passive=True)
         except BaseException:

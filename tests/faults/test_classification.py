@@ -200,6 +200,31 @@ def test_rabbitmq_outages_are_retryable(rabbit_url: str, proxy_to, mode: str) ->
         delete_topology(rabbit_url, cfg.model_copy(update={"url": rabbit_url}))
 
 
+def test_rabbitmq_reset_while_pika_opens_the_socket_is_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the peer resets the socket between the TCP connect and pika's first look at it,
+    pika raises a bare ValueError, not an AMQP error (seen once in CI in the reset case
+    above; the proxy cannot hit that instant on demand). A double stands in for
+    ``pika.BlockingConnection`` and raises exactly what pika raised there; no broker is
+    needed. The queue must report an outage (retry later), never a final error."""
+    calls = []
+
+    def reset_while_opening(params):
+        calls.append(params)
+        raise ValueError("Expected connected socket, but getpeername() failed: error=OSError(107, "
+                         "'Transport endpoint is not connected')")
+
+    monkeypatch.setattr(pika, "BlockingConnection", reset_while_opening)
+    queue = RabbitMQQueue(unique_cfg("amqp://guest:guest@127.0.0.1:9/%2F", publish_timeout=0.5,
+                                     reconnect_max_delay=0.1))
+    try:
+        with pytest.raises(FacewardenError) as err:
+            queue.put(_job(0))
+        assert outage(err.value) and err.value.code == "queue.unavailable"
+        assert len(calls) >= 2  # retried within the publish timeout, not given up at once
+    finally:
+        queue.close()
+
+
 @pytest.mark.rabbitmq
 def test_rabbitmq_conflicting_topology_is_final(rabbit_url: str) -> None:
     cfg = unique_cfg(rabbit_url)

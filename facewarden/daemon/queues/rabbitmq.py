@@ -182,7 +182,7 @@ class _Link:
     def channel(self) -> Any:
         if self.conn is None or self.conn.is_closed or self.ch is None or self.ch.is_closed:
             self.drop()
-            conn = pika.BlockingConnection(connection_parameters(self.owner.cfg, self.role))
+            conn = amqp.open_connection(connection_parameters(self.owner.cfg, self.role))
             try:
                 ch = conn.channel()
                 ch.confirm_delivery()
