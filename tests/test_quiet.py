@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from facewarden.daemon.logs import configure_logging
-from facewarden.models.quiet import QuietStart, native_output
+from facewarden.models.quiet import native_output
 
 #: Fragments of the third-party lines seen before the capture existed (LiteRT, glog, XNNPACK).
 THIRD_PARTY = ("Sparsity tensors", "LiteRT", "XNNPACK", "InitGoogle", "W0000", "I0000", "inference_",
@@ -44,17 +44,6 @@ def test_fds_are_restored_after_an_error(capfd):
         raise RuntimeError("boom")
     os.write(2, b"after\n")
     assert "after" in capfd.readouterr().err
-
-
-def test_quiet_start_captures_only_the_first_calls(capfd):
-    configure_logging("json", "info")
-    quiet = QuietStart("x", calls=1)
-    with quiet():
-        os.write(2, b"first\n")
-    with quiet():
-        os.write(2, b"second\n")
-    err = capfd.readouterr().err
-    assert "first" not in err and "second" in err
 
 
 @pytest.mark.parametrize(("handler", "photo"), [

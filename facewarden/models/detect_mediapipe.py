@@ -16,7 +16,7 @@ from facewarden.errors import ProcessingFailed
 from facewarden.models.detectors import TiledDetector, register_detector
 from facewarden.models.mediapipe_lazy import defer_package_inits
 from facewarden.models.protocols import Face, FaceDetector, ModelId
-from facewarden.models.quiet import QuietStart, native_output
+from facewarden.models.quiet import native_output
 from facewarden.models.registry import ModelSpec, mediapipe_member, model_file, register_model
 
 MODEL = register_model(ModelSpec(
@@ -49,8 +49,6 @@ class MediaPipeDetector:
         )
         with native_output("mediapipe-face"):  # LiteRT prints ~55 lines while loading
             self._detector = vision.FaceDetector.create_from_options(options)
-        # LiteRT/glog may print at any inference (a misaligned tensor, glog's first line).
-        self._quiet = QuietStart("mediapipe-face", calls=None)
         # A task graph is not safe to call from two threads at once.
         self._lock = threading.Lock()
 
@@ -65,7 +63,8 @@ class MediaPipeDetector:
         h, w = rgb.shape[:2]
         try:
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-            with self._lock, self._quiet():
+            # LiteRT/glog may print at any inference (a misaligned tensor, glog's first line).
+            with self._lock, native_output("mediapipe-face"):
                 result = self._detector.detect(image)
         except Exception as exc:  # noqa: BLE001 - any runtime failure means "did not look"
             raise ProcessingFailed("detector.error", f"MediaPipe failed: {type(exc).__name__}") from exc

@@ -4,14 +4,15 @@ LiteRT/MediaPipe, glog and onnxruntime write straight to file descriptors 1 and 
 ("Sparsity tensors may not yet be fully supported" 46 times per start, XNNPACK banners...);
 ``GLOG_minloglevel`` and ``TF_CPP_MIN_LOG_LEVEL`` do not reach them. Off a TTY those lines
 land between our JSON log lines and break log ingestion. So every model wrapper creates its
-model (and runs its first inference, which prints too) inside :func:`native_output`: fds 1
+model inside :func:`native_output`, and a LiteRT model runs every inference in it too (glog
+prints at any call, e.g. a misaligned input tensor): fds 1
 and 2 point at a temporary file meanwhile, and what was written comes back as one
 ``native.output`` debug event per distinct line.
 
 While fds are redirected, our own log lines must still reach the real stderr:
 :func:`real_stderr_fd` names it and ``facewarden.daemon.logs`` writes there. Captures are
-serialised by one process-wide lock (model loads are one-off, so waiting is cheap); a
-nested capture in the same thread is a no-op inside the outer one.
+serialised by one process-wide lock (model loads are one-off and a MediaPipe call takes
+~5-10 ms, so waiting is cheap); a nested capture in the same thread is a no-op inside the outer one.
 """
 
 from __future__ import annotations
@@ -92,41 +93,3 @@ def _report(source: str, captured: bytes) -> None:
     log = structlog.get_logger()
     for line, count in lines.items():
         log.debug("native.output", source=source, line=line, repeat=count)
-
-
-class QuietStart:
-    """``native_output`` for a model's first ``calls`` uses, then nothing.
-
-    LiteRT prints some lines at the first inference, not at load ("Input tensor memory is
-    not aligned..."), so a wrapper keeps one of these and enters it around each call::
-
-        self._quiet = QuietStart("mediapipe-face")
-        ...
-        with self._quiet():
-            result = self._detector.detect(image)
-
-    After the first calls it costs one integer comparison.
-    """
-
-    def __init__(self, source: str, calls: int | None = 1):
-        self.source = source
-        self._left = calls  # None: every call (glog's first line can come at any call)
-
-    def __call__(self):
-        if self._left is None:
-            return native_output(self.source)
-        if self._left <= 0:
-            return _NULL
-        self._left -= 1
-        return native_output(self.source)
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NULL = _Null()

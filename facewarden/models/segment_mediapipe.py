@@ -16,7 +16,7 @@ import numpy as np
 from facewarden.errors import ProcessingFailed
 from facewarden.models.mediapipe_lazy import defer_package_inits
 from facewarden.models.protocols import ModelId
-from facewarden.models.quiet import QuietStart, native_output
+from facewarden.models.quiet import native_output
 from facewarden.models.registry import ModelSpec, mediapipe_member, model_file, register_model
 from facewarden.models.segmenters import SEGMENTERS
 
@@ -56,8 +56,6 @@ class MediaPipeSegmenter:
             raise ProcessingFailed("segmenter.load", f"could not load selfie segmenter: {exc}",
                                    retryable=False) from exc
         _KEEP_ALIVE.append(self._segmenter)
-        # LiteRT/glog may print at any inference (a misaligned tensor, glog's first line).
-        self._quiet = QuietStart("mediapipe-selfie", calls=None)
         self._lock = threading.Lock()
 
     def model_ids(self) -> list[ModelId]:
@@ -73,7 +71,8 @@ class MediaPipeSegmenter:
             rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(small))
         try:
-            with self._lock, self._quiet():
+            # LiteRT/glog may print at any inference (a misaligned tensor, glog's first line).
+            with self._lock, native_output("mediapipe-selfie"):
                 result = self._segmenter.segment(image)
         except Exception as exc:  # noqa: BLE001
             raise ProcessingFailed("segmenter.error", f"selfie segmenter failed: {type(exc).__name__}") from exc
