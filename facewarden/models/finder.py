@@ -69,11 +69,11 @@ CONFIRM_SEEN_PX = 32.0
 #: Raw floor every pass is run at; policies threshold the calibrated, fused score.
 RAW_FLOOR = {"yunet": 0.2, "centerface": 0.15, "mediapipe": 0.3}
 #: ``Policy.min_finest`` makes a level of at most this many pixels: a 12 MP photo's 0.8x.
-#: Larger photos (up to the 100 MP limit) fall back to the budget's level: at 0.8x a 27 MP
-#: photo's look took 1.6 GB and 2.3 s.
+#: Larger photos (up to the 100 MP limit) get a level of this size, not 0.8x: at 0.8x a
+#: 27 MP photo's look took 1.6 GB and 2.3 s.
 FLOOR_LEVEL_PIXELS = 8_000_000
 #: MediaPipe letterboxes its input to 192 px itself; it is handed a level no longer than
-#: this (its own resize of a 12 MP frame cost 26 ms and aliases; a 640-px level, 5 ms).
+#: this (its own resize of a 12 MP frame cost 26 ms and aliases; a 1600-px level, ~5 ms).
 MEDIAPIPE_SIDE = 1600
 #: Images above this many pixels have their coarse levels made from finer levels, not from
 #: the image (see ``Levels``); below it a direct resize costs a few ms and is the faithful one.
@@ -327,27 +327,23 @@ def _drop_nested(faces: list[Face]) -> list[Face]:
 
 
 class Levels:
-    """A large image (above ``CASCADE_PIXELS``) at every scale a look asks for, each level
-    made once, from the smallest level already made that is at least as large: a 12 MP
-    frame is shrunk once, and the coarse levels come from the fine ones, not again from
-    12 MP (~100 ms of a look's ~430 ms). Upscaled levels are made from the image itself.
-    Smaller images are resized by each pass itself: a few ms, and the levels every
-    constant here was tuned on."""
+    """The image at every scale a look asks for, each level made once, from the smallest
+    level already made that is at least as large: a 12 MP frame is shrunk once, and the
+    coarse levels come from the fine ones, not again from 12 MP (~100 ms of a look's
+    ~430 ms). Upscaled levels are made from the image itself. YuNet and CenterFace only
+    take their levels from here above ``CASCADE_PIXELS`` (see ``FaceFinder.find``); on
+    smaller images each resizes for itself, as every constant here was tuned with."""
 
     def __init__(self, rgb: np.ndarray):
         self.rgb = rgb
         self._made: dict[tuple[int, int], np.ndarray] = {(rgb.shape[1], rgb.shape[0]): rgb}
 
-    def size(self, scale: float) -> tuple[int, int]:
-        h0, w0 = self.rgb.shape[:2]
-        return max(32, round(w0 * scale)), max(32, round(h0 * scale))
-
     def at(self, scale: float) -> tuple[np.ndarray, float, float]:
         """(level, sx, sy): the image resized by ``scale``, and the exact factors used."""
-        w, h = self.size(scale)
+        h0, w0 = self.rgb.shape[:2]
+        w, h = max(32, round(w0 * scale)), max(32, round(h0 * scale))
         img = self._made.get((w, h))
         if img is None:
-            h0, w0 = self.rgb.shape[:2]
             if w > w0 or h > h0:
                 img = cv2.resize(self.rgb, (w, h), interpolation=cv2.INTER_LINEAR)
             else:
@@ -359,7 +355,7 @@ class Levels:
                 interp = cv2.INTER_AREA if w < src.shape[1] / 2 else cv2.INTER_LINEAR
                 img = cv2.resize(src, (w, h), interpolation=interp)
             self._made[(w, h)] = img
-        return img, w / self.rgb.shape[1], h / self.rgb.shape[0]
+        return img, w / w0, h / h0
 
 
 def _unscaled(faces: list[Face], sx: float, sy: float) -> list[Face]:
